@@ -1,0 +1,31 @@
+"""The `pole` command: pipeline commands from ml.cli plus the service's own commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ml import cli as ml_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pole",
+        description="pole: pixel pseudo masks from image-level tags (POLE + IRNet).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    ml_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

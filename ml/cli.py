@@ -1,0 +1,128 @@
+"""`pole version`, `pole run` and `pole stage`: the pipeline from a terminal, no server needed.
+
+Argument parsing only at import; torch and the stages load inside the handlers, so `pole --help`
+and the service commands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ml.config import ConfigError, available_presets, load_config_file, resolve_config
+from ml.data import DatasetError
+
+STAGE_NAMES = ["train-cam", "select-prompts", "train-pole"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("version", help="print pole, torch and device versions")
+    p.set_defaults(func=cmd_version)
+
+    p = sub.add_parser("run", help="run the whole pipeline on a dataset folder or .zip (resumes)")
+    _dataset_args(p)
+    p.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. train-pole)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stage", help="run one stage (earlier stages' outputs must be in --out)")
+    p.add_argument("name", choices=STAGE_NAMES)
+    _dataset_args(p)
+    p.set_defaults(func=cmd_stage)
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", type=Path, help="dataset folder or .zip (manifest or VOC layout)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (created; reused to resume)")
+    p.add_argument("--preset", default="paper", help=f"one of: {', '.join(available_presets())}")
+    p.add_argument("--config", type=Path, help="JSON/YAML file of overrides, same keys as config.json")
+    p.add_argument("--seed", type=int, help="overrides the config's seed")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--skip-bad", action="store_true", help="drop images with problems instead of refusing")
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    import torch
+
+    from ml import __version__
+
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    print(f"pole {__version__}\ntorch {torch.__version__}\ndevice {device}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, until: str | None = None) -> int:
+    from ml.data.readers import resolve_dataset_path
+    from ml.pipeline import run_pipeline, stages_for
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = _config(args)
+        dataset = _load(args, resolve_dataset_path(args.dataset, args.out), config.skip_bad_images)
+    except (ConfigError, DatasetError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    until = until or (args.until.replace("-", "_") if getattr(args, "until", None) else None)
+    if until and until not in stages_for(config):
+        print(f"error: no stage {until!r} in this run; stages: {', '.join(stages_for(config))}", file=sys.stderr)
+        return 2
+    with ProgressDisplay(config) as display:
+        summary = run_pipeline(dataset, args.out, config, on_progress=display.update, until=until)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    return cmd_run(args, until=args.name.replace("-", "_"))
+
+
+def _config(args: argparse.Namespace):
+    overrides = load_config_file(args.config) if args.config else {}
+    cli = {k: v for k, v in {"seed": args.seed, "device": args.device}.items() if v is not None}
+    if args.skip_bad:
+        cli["skip_bad_images"] = True
+    return resolve_config(args.preset, overrides, cli)
+
+
+def _load(args: argparse.Namespace, path: Path, skip_bad: bool):
+    from ml.data import load_dataset
+
+    dataset = load_dataset(path, skip_bad=skip_bad)
+    for problem in dataset.skipped:
+        print(f"skipped: {problem}", file=sys.stderr)
+    return dataset
+
+
+class ProgressDisplay:
+    """One bar for the whole run; the stage and its own fraction in the description."""
+
+    def __init__(self, config):
+        from tqdm import tqdm
+
+        self.config = config
+        self.bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining}", file=sys.stderr)
+
+    def update(self, stage: str, fraction: float, message: str) -> None:
+        from ml.pipeline import overall_progress
+
+        self.bar.set_description(f"{stage} {fraction:4.0%} {message}"[:60])
+        self.bar.n = int(1000 * overall_progress(self.config, stage, fraction))
+        self.bar.refresh()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+def _print_summary(summary: dict) -> None:
+    for stage in ("eval_cams", "eval_masks"):
+        metrics = summary.get(stage)
+        if metrics and metrics.get("miou") is not None:
+            print(f"{stage}: mIoU {100 * metrics['miou']:.1f}%")
+    if summary.get("failed_images"):
+        print(f"{len(summary['failed_images'])} image(s) failed; see {summary['out']}/failed_images.json")
+    print(json.dumps({k: summary[k] for k in ("out", "stage_seconds") if k in summary}, indent=2))

@@ -1,0 +1,78 @@
+"""The in-memory description of a dataset that every stage reads.
+
+Labels: 0 is background, class i (1-based) is `classes[i - 1]`, 255 is ignore.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str  # unique, filesystem-safe (the file stem)
+    image: Path
+    tags: tuple[int, ...]  # 1-based class labels present in the image, sorted
+    mask: Path | None = None  # ground-truth index PNG, when the dataset has one
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str  # path relative to the dataset root
+    line: int | None  # 1-based line in `file`, when the problem comes from a text file
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+class DatasetError(ValueError):
+    """A dataset refused as a whole; `problems` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        shown = "\n".join(f"  {p}" for p in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(f"dataset has {len(problems)} problem(s):\n{shown}{more}")
+
+
+@dataclass
+class Dataset:
+    root: Path
+    layout: str  # "manifest" | "voc"
+    classes: list[str]  # without background; label i is classes[i - 1]
+    images: list[ImageRecord]
+    synonyms: dict[str, list[str]] = field(default_factory=dict)  # from the dataset's synonyms.csv
+    skipped: list[Problem] = field(default_factory=list)  # images dropped with skip_bad=True
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def has_masks(self) -> bool:
+        return any(im.mask is not None for im in self.images)
+
+    def split(self, name: str) -> list[ImageRecord]:
+        return [im for im in self.images if im.split == name]
+
+    def by_id(self, image_id: str) -> ImageRecord:
+        for im in self.images:
+            if im.id == image_id:
+                return im
+        raise KeyError(image_id)
+
+
+def load_dataset(path: str | Path, skip_bad: bool = False, split: str | None = None) -> Dataset:
+    """Read a dataset folder or .zip in either layout (detected), validating every file.
+
+    Raises DatasetError listing every problem, unless skip_bad=True, in which case images with
+    problems are dropped and listed in `Dataset.skipped` (problems with the dataset as a whole,
+    such as a missing classes.txt, are always fatal).
+    """
+    from ml.data.readers import read_dataset
+
+    return read_dataset(Path(path), skip_bad=skip_bad, split=split)

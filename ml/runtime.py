@@ -1,0 +1,119 @@
+"""What every stage is handed, and the two rules every stage keeps (atomic outputs, cancel checks).
+
+A stage is a function `run(ctx: StageContext) -> None`. It reads earlier stages' outputs under
+`ctx.out`, writes its own into `ctx.stage_dir(name)` through `atomic_dir`, reports progress with
+`ctx.progress(fraction, message)` and calls `ctx.check_cancel()` between batches. A stage whose
+directory exists is finished; a half-written one only ever exists as `<name>.partial` and is
+wiped on the next start.
+
+No torch here: the worker and the API both import this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ml.config import PipelineConfig
+from ml.data import Dataset
+
+log = logging.getLogger("pole")
+
+ProgressFn = Callable[[str, float, str], None]  # (stage, fraction 0..1, message)
+CancelFn = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """Raised at a batch boundary when the caller asked to stop."""
+
+
+@dataclass
+class StageContext:
+    dataset: Dataset
+    out: Path  # the job's work directory; each stage owns out/<stage name>/
+    config: PipelineConfig
+    stage: str = ""
+    on_progress: ProgressFn | None = None
+    should_cancel: CancelFn | None = None
+    failed_images: dict[str, str] = field(default_factory=dict)  # image id -> reason
+    _last_report: float = 0.0
+
+    def progress(self, fraction: float, message: str = "", force: bool = False) -> None:
+        # Throttled: a callback may write to a database, and stages call this per batch.
+        now = time.monotonic()
+        if self.on_progress and (force or fraction >= 1.0 or now - self._last_report >= 0.5):
+            self._last_report = now
+            self.on_progress(self.stage, min(max(fraction, 0.0), 1.0), message)
+
+    def check_cancel(self) -> None:
+        if self.should_cancel and self.should_cancel():
+            raise Cancelled(f"cancelled during {self.stage}")
+
+    def stage_dir(self, name: str | None = None) -> Path:
+        return self.out / (name or self.stage)
+
+    def fail_image(self, image_id: str, reason: str) -> None:
+        """An image that cannot be processed is dropped from the run and listed, not fatal."""
+        log.warning("image %s failed: %s", image_id, reason)
+        self.failed_images[image_id] = reason
+        path = self.out / "failed_images.json"
+        path.write_text(json.dumps(self.failed_images, indent=2, sort_keys=True))
+
+    def usable_images(self):
+        """The dataset's images minus those failed by an earlier stage of this run."""
+        return [im for im in self.dataset.images if im.id not in self.failed_images]
+
+
+def stage_done(out: Path, name: str) -> bool:
+    return (out / name).is_dir()
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a scratch directory that becomes `final` only if the block finishes."""
+    partial = final.with_name(final.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    yield partial
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_stage_record(directory: Path, ctx: StageContext, **extra) -> None:
+    """stage.json: what produced this stage's outputs (seed, config section, weight hashes ...).
+
+    Conventional extra keys: `weights` ({role: {"source": tag|path|"random", "sha256": ...}}),
+    `checkpoints` ({file name: sha256}), `images` (how many were processed).
+    """
+    section = getattr(ctx.config, ctx.stage, None)
+    record = {
+        "stage": ctx.stage,
+        "seed": ctx.config.seed,
+        "config": json.loads(json.dumps(section, default=lambda o: o.__dict__)) if section else None,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+    }
+    write_json(directory / "stage.json", record)
