@@ -1,0 +1,1 @@
+"""Networks: the CAM network, CLIP wrapper, adaptors, prompt learners and IRNet's boundary branch."""
