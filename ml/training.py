@@ -1,0 +1,56 @@
+"""What the training stages share: which images they train on, the poly-decay SGD, mixed precision."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from ml.config import OptimConfig
+from ml.data import ImageRecord
+from ml.runtime import StageContext
+
+log = logging.getLogger("pole")
+
+
+def training_images(ctx: StageContext) -> list[ImageRecord]:
+    """Images of config.train_split ("" = all) that no earlier stage of the run has failed."""
+    split = ctx.config.train_split
+    images = [im for im in ctx.usable_images() if not split or im.split == split]
+    if not images:
+        splits = sorted({im.split for im in ctx.dataset.images})
+        raise ValueError(
+            f"no images to train on: train_split={split!r}, dataset splits: {', '.join(splits) or 'none'}, "
+            f"{len(ctx.failed_images)} image(s) failed earlier; set train_split to one of the splits or ''"
+        )
+    return images
+
+
+def poly_sgd(
+    groups: list[dict], optim: OptimConfig, total_steps: int
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
+    """SGD with momentum optim.momentum (a real 0.9) and lr * (1 - step / total_steps) ** power.
+
+    The public CLIMS/IRNet wrapper passes weight decay into the momentum slot (momentum 1e-4 in
+    effect); that bug is not reproduced.
+    """
+    optimizer = torch.optim.SGD(groups, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    total = max(total_steps, 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(1 - step / total, 0.0) ** optim.poly_power)
+    return optimizer, schedule
+
+
+def autocast(device: torch.device):
+    """bfloat16 autocast on a CUDA device that has it (no loss scaling needed), else nothing."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def report_failed(ctx: StageContext, batch: dict) -> torch.Tensor:
+    """Drop the batch's unreadable images from the run; returns the (B,) bool mask of usable ones."""
+    for image_id, ok, error in zip(batch["id"], batch["ok"].tolist(), batch["error"], strict=True):
+        if not ok and image_id not in ctx.failed_images:
+            ctx.fail_image(image_id, error)
+    return batch["ok"]
