@@ -67,7 +67,9 @@ class Dataset:
 
 
 def load_dataset(path: str | Path, skip_bad: bool = False, split: str | None = None) -> Dataset:
-    """Read a dataset folder or .zip in either layout (detected), validating every file.
+    """Read a dataset folder in either layout (detected), validating every file.
+
+    A .zip is first extracted safely with `ml.data.readers.resolve_dataset_path(zip, out_dir)`.
 
     Raises DatasetError listing every problem, unless skip_bad=True, in which case images with
     problems are dropped and listed in `Dataset.skipped` (problems with the dataset as a whole,

@@ -100,32 +100,36 @@ def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def _labels_from_colours(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) VOC-coloured mask -> (H, W) labels; every colour must be a VOC palette colour."""
-    label_by_colour = {int(c): label for label, c in enumerate(_pack_rgb(VOC_PALETTE))}
+def _labels_from_colours(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """(H, W, 3) coloured mask -> (H, W) labels; every colour must be a colour of `palette` (row i = label i)."""
+    label_by_colour: dict[int, int] = {}
+    for label, colour in enumerate(_pack_rgb(palette)):
+        label_by_colour.setdefault(int(colour), label)
     colours, inverse = np.unique(_pack_rgb(rgb), return_inverse=True)
     unknown = [int(c) for c in colours if int(c) not in label_by_colour]
     if unknown:
         shown = ", ".join(f"({c >> 16},{(c >> 8) & 255},{c & 255})" for c in unknown[:5])
         raise ImageError(
-            f"RGB mask has colours outside the VOC palette: {shown}; save masks as palette or greyscale PNGs "
+            f"RGB mask has colours outside the label colours: {shown}; save masks as palette or greyscale PNGs "
             "whose pixel values are the labels"
         )
     labels = np.array([label_by_colour[int(c)] for c in colours], dtype=np.uint8)
     return labels[inverse].reshape(rgb.shape[:2])
 
 
-def read_mask(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_mask(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, palette: np.ndarray | None = None) -> np.ndarray:
     """(H, W) uint8 labels of a mask PNG: palette or greyscale pixel values are the labels themselves.
 
-    An RGB PNG is accepted when every colour is a VOC palette colour (how some tools export masks).
+    An RGB PNG (how CVAT exports masks) is accepted when every colour is a label colour: row i of
+    `palette` (N, 3) is the colour of label i; the VOC palette when not given.
     """
     with _open_checked(path, MASK_FORMATS, max_pixels) as image:
         _decode(image)
         if image.mode in ("P", "L"):
             return np.array(image, dtype=np.uint8)
         if image.mode == "RGB":
-            return _labels_from_colours(np.asarray(image, dtype=np.uint8))
+            colours = VOC_PALETTE if palette is None else np.asarray(palette, dtype=np.uint8)
+            return _labels_from_colours(np.asarray(image, dtype=np.uint8), colours)
         raise ImageError(
             f"mask PNG has mode {image.mode}; save it as a palette (P) or 8-bit greyscale (L) PNG whose "
             "pixel values are the labels (0 background, 1..K classes, 255 ignore)"

@@ -135,8 +135,15 @@ def test_mask_from_voc_colours(tmp_path):
     Image.fromarray(VOC_PALETTE[mask]).save(tmp_path / "rgb.png")
     np.testing.assert_array_equal(read_mask(tmp_path / "rgb.png"), mask)
     Image.new("RGB", (2, 2), (1, 2, 3)).save(tmp_path / "odd.png")
-    with pytest.raises(ImageError, match=r"outside the VOC palette: \(1,2,3\)"):
+    with pytest.raises(ImageError, match=r"outside the label colours: \(1,2,3\)"):
         read_mask(tmp_path / "odd.png")
+
+
+def test_mask_from_custom_label_colours(tmp_path):
+    palette = np.array([(0, 0, 0), (1, 2, 3), (250, 50, 50)], dtype=np.uint8)
+    mask = np.array([[0, 1], [2, 2]], dtype=np.uint8)
+    Image.fromarray(palette[mask]).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "rgb.png", palette=palette), mask)
 
 
 def test_mask_must_be_png(tmp_path):
