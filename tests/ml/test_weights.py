@@ -1,0 +1,62 @@
+import time
+
+import open_clip
+import pytest
+import torch
+
+from ml.models.clip_encoder import FrozenClip
+from ml.weights import WeightsError, resolve_backbone, resolve_clip
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network allowed and empty weight caches: only what a test puts on disk exists."""
+    monkeypatch.setenv("POLE_OFFLINE", "1")
+    monkeypatch.setenv("POLE_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_offline_clip_tag_not_on_disk_fails_fast_naming_the_setting(offline):
+    started = time.monotonic()
+    with pytest.raises(WeightsError) as err:
+        FrozenClip("ViT-B-32", "openai")
+    assert time.monotonic() - started < 5
+    message = str(err.value)
+    assert "POLE_OFFLINE=1" in message and "models.clip_pretrained" in message and "POLE_WEIGHTS_DIR" in message
+
+
+def test_offline_backbone_not_on_disk_fails_fast_naming_the_setting(offline):
+    started = time.monotonic()
+    with pytest.raises(WeightsError, match=r"models\.cam_weights.*POLE_WEIGHTS_DIR"):
+        resolve_backbone("resnet50", "imagenet")
+    assert time.monotonic() - started < 5
+
+
+def test_bogus_clip_tag_or_missing_file_lists_the_choices(offline):
+    started = time.monotonic()
+    with pytest.raises(WeightsError, match=r"models\.clip_pretrained='no-such-tag'.*tags: .*openai"):
+        resolve_clip("ViT-B-32", "no-such-tag")
+    with pytest.raises(WeightsError, match="neither a file nor a tag"):
+        resolve_clip("ViT-B-32", "/nonexistent/clip.pt")
+    with pytest.raises(WeightsError, match="not an open_clip model; available: .*ViT-B-32"):
+        resolve_clip("ViT-Q-99", "openai")
+    with pytest.raises(WeightsError, match="use 'imagenet', a local .pth file, or 'random'"):
+        resolve_backbone("resnet18", "/nonexistent/resnet.pth")
+    assert time.monotonic() - started < 5
+
+
+def test_clip_loads_from_a_local_checkpoint_file(offline, tmp_path):
+    torch.manual_seed(1)
+    source = open_clip.create_model("pole-tiny")
+    path = tmp_path / "tiny.pt"
+    torch.save(source.state_dict(), path)
+    clip = FrozenClip("pole-tiny", str(path))
+    assert clip.weights.source == str(path) and len(clip.weights.sha256) == 64
+    for name, value in source.state_dict().items():
+        assert torch.equal(clip.model.state_dict()[name], value), name
+
+
+def test_random_weights_are_explicit_and_recorded(offline):
+    clip = FrozenClip("pole-tiny", "random")
+    assert clip.weights.record() == {"name": "pole-tiny", "source": "random", "path": None, "sha256": None}
