@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from app import commands as service_commands
 from ml import cli as ml_cli
 
 
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     ml_cli.register(sub)
+    service_commands.register(sub)
     return parser
 
 

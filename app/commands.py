@@ -1,0 +1,185 @@
+"""`pole serve`, `pole worker`, `pole db upgrade` and `pole keys ...`: running and administering the service.
+
+Settings come from POLE_* environment variables (app/settings.py). Heavy imports stay inside the
+handlers so `pole --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+WORKER_STOP_SECONDS = 30
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="the API and one worker on this machine (embedded defaults: no servers needed)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--no-worker", action="store_true", help="API only; workers run elsewhere (`pole worker`)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="a worker that runs queued jobs (start several to scale out)")
+    p.add_argument("--name", default=f"pole@{socket.gethostname()}", help="unique per worker (default pole@HOST)")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at once (default 1: one job per GPU)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("db", help="database schema")
+    db = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    db.add_parser("upgrade", help="apply the migrations (creates the schema on an empty database)").set_defaults(
+        func=cmd_db_upgrade
+    )
+
+    p = sub.add_parser("keys", help="API keys")
+    keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    k = keys.add_parser("create", help="create a key and print it (shown this once; only a hash is stored)")
+    k.add_argument("--name", required=True, help="who or what the key is for")
+    k.set_defaults(func=cmd_keys_create)
+    keys.add_parser("list", help="list keys (id, prefix, name, state)").set_defaults(func=cmd_keys_list)
+    k = keys.add_parser("revoke", help="revoke a key; its requests get 401 from then on")
+    k.add_argument("key", help="the key's id or prefix, as `pole keys list` shows them")
+    k.set_defaults(func=cmd_keys_revoke)
+
+
+def _settings():
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as err:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        raise SystemExit(f"error: bad POLE_* setting: {problems}") from None
+
+
+def _sessions(settings):
+    from app.db import create_db_engine, current_revision, make_sessionmaker
+
+    engine = create_db_engine(settings.database_url)
+    if current_revision(engine) is None:
+        raise SystemExit("error: the database has no schema yet; run `pole db upgrade` first")
+    return make_sessionmaker(engine)
+
+
+def cmd_db_upgrade(_args: argparse.Namespace) -> int:
+    from app.db import create_db_engine, current_revision, upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    revision = current_revision(create_db_engine(settings.database_url))
+    print(f"database {_safe_url(settings.database_url)} at revision {revision}")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from app.db import session_scope
+    from app.security import create_key
+
+    with session_scope(_sessions(_settings())) as session:
+        row, secret = create_key(session, name=args.name)
+        print(f"created key {row.id} ({row.prefix}...) for {row.name!r}; it is shown only now:", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+def cmd_keys_list(_args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from app.models import ApiKey
+
+    with _sessions(_settings())() as session:
+        rows = session.scalars(select(ApiKey).order_by(ApiKey.id)).all()
+    print(f"{'id':>4}  {'prefix':<12}  {'created (UTC)':<19}  {'state':<20}  name")
+    for row in rows:
+        state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
+        print(f"{row.id:>4}  {row.prefix:<12}  {row.created_at:%Y-%m-%d %H:%M:%S}  {state:<20}  {row.name}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from app.db import session_scope
+    from app.security import revoke_key
+
+    try:
+        with session_scope(_sessions(_settings())) as session:
+            key = revoke_key(session, key_ref=args.key)
+            print(f"key {key.id} ({key.prefix}..., {key.name!r}) is revoked")
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import worker.tasks  # noqa: F401  (registers the task with every Celery app)
+    from worker.celery_app import create_celery
+    from worker.reaper import ReaperStep
+
+    settings = _settings()
+    settings.make_dirs()
+    celery = create_celery(settings)
+    celery.steps["worker"].add(ReaperStep)
+    # No mingle/gossip/heartbeat: workers coordinate through the database, and the file broker has no fanout.
+    celery.worker_main(
+        ["worker", "--hostname", args.name, "--concurrency", str(args.concurrency), "--loglevel", args.loglevel,
+         "--queues", settings.queue, "--without-mingle", "--without-gossip", "--without-heartbeat"]
+    )  # fmt: skip
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.db import upgrade
+    from app.main import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    settings.make_dirs()
+    upgrade(settings.database_url)
+    logging.getLogger("pole").info(
+        "data in %s, database %s, queue %s", settings.data_dir, _safe_url(settings.database_url), settings.broker_url
+    )
+    # uvicorn re-raises the Ctrl-C/SIGTERM it caught once it has shut down; this turns that into a
+    # normal exit, so the worker below is always stopped too.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_quietly)
+    worker = None
+    if not args.no_worker:
+        # Its own session: Ctrl-C reaches only us, and we stop the worker in order below.
+        command = [sys.executable, "-m", "app.cli", "worker", "--name", f"pole-serve@{socket.gethostname()}"]
+        worker = subprocess.Popen(command, start_new_session=True)
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    finally:
+        if worker is not None:
+            _stop_worker(worker)
+    return 0
+
+
+def _exit_quietly(signum, _frame) -> None:
+    raise SystemExit(0)
+
+
+def _stop_worker(worker: subprocess.Popen) -> None:
+    """Cold shutdown: a running job stops now and resumes from its last finished stage at the next start."""
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGQUIT)
+        try:
+            worker.wait(WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,83 @@
+"""What routes declare they need. The "404 for anything another key owns" rule lives here, once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import ApiError
+from app.models import ApiKey, Dataset, Job
+from app.security import find_active_key
+from app.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from `pole keys create --name NAME`")
+
+
+def get_current_key(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> ApiKey:
+    if credentials is None:
+        raise ApiError(
+            401,
+            "missing API key: send 'Authorization: Bearer <key>' (create a key with `pole keys create --name NAME`)",
+        )
+    key = find_active_key(session, credentials.credentials)
+    if key is None:
+        raise ApiError(401, "invalid or revoked API key; create a new one with `pole keys create --name NAME`")
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
+
+
+def get_owned_dataset(dataset_id: str, key: CurrentKey, session: SessionDep) -> Dataset:
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == key.id))
+    if dataset is None:
+        raise ApiError(404, f"no dataset {dataset_id!r}; GET /v1/datasets lists yours")
+    return dataset
+
+
+def get_owned_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == key.id))
+    if job is None:
+        raise ApiError(404, f"no job {job_id!r}; GET /v1/jobs lists yours")
+    return job
+
+
+OwnedDataset = Annotated[Dataset, Depends(get_owned_dataset)]
+OwnedJob = Annotated[Job, Depends(get_owned_job)]
+
+
+def page_params(
+    settings: SettingsDep,
+    cursor: Annotated[str | None, Query(description="next_cursor from the previous page")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="items per page (server default and maximum apply)")] = None,
+) -> tuple[str | None, int]:
+    return cursor, min(limit or settings.page_size, settings.max_page_size)
+
+
+PageParams = Annotated[tuple[str | None, int], Depends(page_params)]

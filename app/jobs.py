@@ -1,0 +1,150 @@
+"""Creating and cancelling jobs, and how a job row is shown to its owner."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerUnreachable
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.errors import ApiError
+from app.models import ApiKey, Dataset, Job, JobState, utcnow
+from app.schemas import JobCreate, JobOut, StageMetricsOut, StageOut
+from app.settings import Settings
+from ml.config import ConfigError, config_to_dict, resolve_config
+from worker.celery_app import send_run_job
+
+log = logging.getLogger("pole.api")
+
+
+def create_job(
+    session: Session, settings: Settings, celery: Celery, *, owner: ApiKey, body: JobCreate, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Validate, store and enqueue a job; returns (job, created). A replayed Idempotency-Key returns
+    the job it created, provided the body is the same."""
+    request_hash = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
+    if idempotency_key:
+        earlier = _job_for_key(session, owner.id, idempotency_key, request_hash)
+        if earlier:
+            return earlier, False
+    dataset = session.scalar(select(Dataset).where(Dataset.id == body.dataset_id, Dataset.owner_id == owner.id))
+    if dataset is None:
+        raise ApiError(404, f"no dataset {body.dataset_id!r}; upload one with POST /v1/datasets")
+    preset = body.preset or settings.default_preset
+    unknown = sorted(set(body.synonyms) - set(dataset.classes))
+    if unknown:
+        raise ApiError(
+            422,
+            f"synonyms given for class(es) not in the dataset: {', '.join(unknown)}; "
+            f"its classes: {', '.join(dataset.classes)}",
+        )
+    try:
+        synonyms = {"select_prompts": {"synonyms": body.synonyms}} if body.synonyms else None
+        config = resolve_config(preset, body.config, synonyms)
+    except ConfigError as err:
+        raise ApiError(422, f"config refused: {err}") from err
+    resolved = config_to_dict(config)
+    job = Job(
+        owner_id=owner.id,
+        dataset_id=dataset.id,
+        state=JobState.queued,
+        preset=preset,
+        config=resolved,
+        seed=config.seed,
+        models=resolved["models"],
+        idempotency_key=idempotency_key,
+        request_hash=request_hash if idempotency_key else None,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another request with the same Idempotency-Key won the race; answer as a replay.
+        session.rollback()
+        earlier = _job_for_key(session, owner.id, idempotency_key, request_hash)
+        if earlier is None:
+            raise
+        return earlier, False
+    try:
+        send_run_job(celery, job.id)  # only after the commit: the worker must find the row
+    except BrokerUnreachable as err:
+        log.error("could not enqueue job %s: %s", job.id, err)
+        session.delete(job)
+        session.commit()
+        raise ApiError(503, "the job queue is unreachable right now; nothing was created, try again") from err
+    return job, True
+
+
+def _job_for_key(session: Session, owner_id: int, key: str | None, request_hash: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key))
+    if job is not None and job.request_hash != request_hash:
+        raise ApiError(409, f"Idempotency-Key {key!r} was already used with a different request body; use a new key")
+    return job
+
+
+def cancel_job(session: Session, job: Job) -> Job:
+    """Queued jobs stop at once; running ones are asked to stop at their next batch boundary."""
+    if job.state in (JobState.succeeded, JobState.failed, JobState.cancelled):
+        raise ApiError(409, f"job already {job.state}; there is nothing to cancel")
+    now = utcnow()
+    # Conditional updates: the worker may move the job on between our read and this write.
+    session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state == JobState.queued)
+        .values(state=JobState.cancelled, finished_at=now, message="cancelled before it started")
+    )
+    session.execute(
+        update(Job).where(Job.id == job.id, Job.state == JobState.running).values(state=JobState.cancelling)
+    )
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def job_out(job: Job) -> JobOut:
+    base = f"/v1/jobs/{job.id}"
+    return JobOut(
+        id=job.id,
+        dataset_id=job.dataset_id,
+        state=job.state,
+        preset=job.preset,
+        stage=job.stage,
+        stage_progress=job.stage_progress,
+        progress=job.progress,
+        message=job.message,
+        stages=[
+            StageOut(name=s.name, state=s.state, started_at=s.started_at, finished_at=s.finished_at) for s in job.stages
+        ],
+        attempts=job.attempts,
+        error=job.error,
+        config=job.config,
+        seed=job.seed,
+        models=job.models,
+        checkpoints=job.checkpoints,
+        failed_images=job.failed_images,
+        metrics=stage_metrics_out(job),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        heartbeat_at=job.heartbeat_at,
+        links={
+            "self": base,
+            "cancel": f"{base}/cancel",
+            "archive": f"{base}/archive",
+            "selections": f"{base}/selections",
+            "metrics": f"{base}/metrics",
+        },
+    )
+
+
+def stage_metrics_out(job: Job) -> dict[str, StageMetricsOut]:
+    return {
+        m.stage: StageMetricsOut(miou=m.miou, threshold=m.threshold, per_class_iou=m.per_class_iou)
+        for m in job.metrics
+        if m.miou is not None
+    }

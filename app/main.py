@@ -1,0 +1,46 @@
+"""The FastAPI application factory: `uvicorn --factory app.main:create_app`, or `pole serve`.
+
+Imports no torch (a test holds it to that): the API validates uploads and configs with the
+torch-free parts of ml and hands work to the workers by task name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.db import create_db_engine, make_sessionmaker
+from app.errors import install_error_handlers
+from app.routes import datasets, health, jobs, results
+from app.settings import Settings
+from ml import __version__
+from worker.celery_app import create_celery
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    settings.make_dirs()
+    engine = create_db_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="pole",
+        version=__version__,
+        description="Pixel pseudo masks from image-level tags (POLE + IRNet). Authenticate with "
+        "`Authorization: Bearer <key>`; create keys with `pole keys create --name NAME`.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+    app.state.celery = create_celery(settings)
+    install_error_handlers(app)
+    for module in (health, datasets, jobs, results):
+        app.include_router(module.router)
+    return app

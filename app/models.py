@@ -1,0 +1,228 @@
+"""The tables. Owned by the service: the API writes datasets and jobs, the worker writes job progress
+and results. Never returned to clients as they are (see schemas.py)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JsonColumn = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC in Python on every backend (SQLite keeps no zone, so store naive UTC)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+ACTIVE_STATES = (JobState.queued, JobState.running, JobState.cancelling)
+FINAL_STATES = (JobState.cancelled, JobState.succeeded, JobState.failed)
+
+
+class Base(DeclarativeBase):
+    # Named constraints, so later migrations can alter them on every backend (SQLite included).
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to tell keys apart
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; the key itself is never stored
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    name: Mapped[str] = mapped_column(String(255))  # the uploaded file's name
+    path: Mapped[str] = mapped_column(String(255))  # relative to the data dir
+    layout: Mapped[str] = mapped_column(String(16))
+    classes: Mapped[list[str]] = mapped_column(JsonColumn)
+    image_count: Mapped[int] = mapped_column(Integer)
+    tag_counts: Mapped[dict[str, int]] = mapped_column(JsonColumn)
+    gt_count: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    images: Mapped[list[Image]] = relationship(back_populates="dataset", cascade="all, delete-orphan")
+    jobs: Mapped[list[Job]] = relationship(back_populates="dataset", cascade="all, delete-orphan")
+
+    __table_args__ = (Index("ix_datasets_owner_created", "owner_id", "created_at", "id"),)
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    image_id: Mapped[str] = mapped_column(String(255))
+    file: Mapped[str] = mapped_column(String(512))  # relative to the dataset folder
+    tags: Mapped[list[str]] = mapped_column(JsonColumn)  # class names
+    split: Mapped[str] = mapped_column(String(64))
+    has_mask: Mapped[bool]
+
+    dataset: Mapped[Dataset] = relationship(back_populates="images")
+
+    __table_args__ = (UniqueConstraint("dataset_id", "image_id"),)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.queued)
+    preset: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # fully resolved, as the pipeline saw it
+    seed: Mapped[int] = mapped_column(Integer)
+    models: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # CLIP and backbone names/weights asked for
+
+    stage: Mapped[str | None] = mapped_column(String(32))
+    stage_progress: Mapped[float] = mapped_column(Float, default=0.0)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The attempt that owns the job: the worker writes only while its lease is the one stored here,
+    # so a worker presumed dead and replaced can never overwrite its successor.
+    lease: Mapped[str | None] = mapped_column(String(32))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    checkpoints: Mapped[dict[str, Any]] = mapped_column(JsonColumn, default=dict)  # stage -> {file: sha256}
+    provenance: Mapped[dict[str, Any]] = mapped_column(JsonColumn, default=dict)  # stage -> seed/weights/checkpoints
+    failed_images: Mapped[dict[str, str]] = mapped_column(JsonColumn, default=dict)  # image id -> reason
+
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="jobs")
+    stages: Mapped[list[JobStage]] = relationship(
+        cascade="all, delete-orphan", order_by="JobStage.pk", back_populates="job"
+    )
+    metrics: Mapped[list[StageMetrics]] = relationship(cascade="all, delete-orphan", order_by="StageMetrics.pk")
+
+    __table_args__ = (
+        UniqueConstraint("owner_id", "idempotency_key"),
+        Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),
+        # The reaper's scan: running jobs by heartbeat.
+        Index("ix_jobs_state_heartbeat", "state", "heartbeat_at"),
+        CheckConstraint(f"state IN ({', '.join(repr(s.value) for s in JobState)})", name="state"),
+    )
+
+
+class JobStage(Base):
+    """When each pipeline stage of a job started and ended (`skipped`: finished by an earlier attempt)."""
+
+    __tablename__ = "job_stages"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))  # running | finished | skipped
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    job: Mapped[Job] = relationship(back_populates="stages")
+
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+
+class Selection(Base):
+    """The [CLS] word chosen for one (image, class) of a job, with every candidate's CLIP score."""
+
+    __tablename__ = "selections"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    image_id: Mapped[str] = mapped_column(String(255))
+    label: Mapped[int] = mapped_column(Integer)
+    class_name: Mapped[str] = mapped_column(String(255))
+    candidates: Mapped[list[str]] = mapped_column(JsonColumn)
+    scores: Mapped[list[float]] = mapped_column(JsonColumn)
+    chosen: Mapped[str] = mapped_column(String(255))
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "image_id", "class_name"),
+        Index("ix_selections_job_class", "job_id", "class_name"),
+    )
+
+
+class StageMetrics(Base):
+    """Quality of one evaluation stage of a job (only when the dataset has ground truth)."""
+
+    __tablename__ = "stage_metrics"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    stage: Mapped[str] = mapped_column(String(32))
+    miou: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    per_class_iou: Mapped[dict[str, Any]] = mapped_column(JsonColumn, default=dict)
+    data: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # the stage's whole metrics.json
+
+    __table_args__ = (UniqueConstraint("job_id", "stage"),)

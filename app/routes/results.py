@@ -1,0 +1,159 @@
+"""What a job produced: the mask archive, the chosen [CLS] words, per-image masks and overlays, metrics."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from app.deps import OwnedJob, PageParams, SessionDep, SettingsDep
+from app.errors import ApiError
+from app.jobs import stage_metrics_out
+from app.models import Image, Job, JobState, Selection
+from app.pagination import paginate
+from app.schemas import JobImageOut, MetricsOut, Page, SelectionOut
+from app.storage import archive_path, cams_path, dataset_dir, mask_path
+
+router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"])
+
+PNG = {200: {"content": {"image/png": {}}}}
+
+
+def _require_succeeded(job: Job, what: str) -> None:
+    if job.state != JobState.succeeded:
+        raise ApiError(409, f"job is {job.state}; the {what} exists once it has succeeded (GET /v1/jobs/{job.id})")
+
+
+@router.get("/archive", response_class=FileResponse, responses={200: {"content": {"application/zip": {}}}})
+def get_archive(job: OwnedJob, settings: SettingsDep) -> FileResponse:
+    """The masks in CVAT "Segmentation mask 1.1" layout with selections.csv and metrics.json, as a .zip."""
+    _require_succeeded(job, "archive")
+    path = archive_path(settings, job.id)
+    if not path.is_file():
+        raise ApiError(410, "the archive file is missing from the data directory; run the job again")
+    return FileResponse(path, media_type="application/zip", filename=f"pole_masks_{job.id}.zip")
+
+
+def _selection_out(row: Selection) -> SelectionOut:
+    return SelectionOut(
+        image=row.image_id,
+        label=row.label,
+        class_name=row.class_name,
+        chosen=row.chosen,
+        candidates=row.candidates,
+        scores=row.scores,
+    )
+
+
+@router.get("/selections", response_model=Page[SelectionOut])
+def list_selections(
+    job: OwnedJob,
+    session: SessionDep,
+    page: PageParams,
+    image: str | None = None,
+    class_name: Annotated[str | None, Query(alias="class")] = None,
+) -> dict:
+    """The word chosen for each (image, class), with every candidate's CLIP score."""
+    query = select(Selection).where(Selection.job_id == job.id)
+    if image:
+        query = query.where(Selection.image_id == image)
+    if class_name:
+        query = query.where(Selection.class_name == class_name)
+    rows, next_cursor = paginate(session, query, (Selection.pk,), *page)
+    return {"items": [_selection_out(r) for r in rows], "next_cursor": next_cursor}
+
+
+def _job_image(session, job: Job, image_id: str) -> Image:
+    row = session.scalar(select(Image).where(Image.dataset_id == job.dataset_id, Image.image_id == image_id))
+    if row is None:
+        raise ApiError(404, f"no image {image_id!r} in this job's dataset; GET /v1/datasets/{job.dataset_id}/images")
+    return row
+
+
+@router.get("/images/{image_id}", response_model=JobImageOut)
+def get_job_image(image_id: str, job: OwnedJob, session: SessionDep) -> JobImageOut:
+    """One image's tags, chosen words, and links to its mask and overlays."""
+    row = _job_image(session, job, image_id)
+    selections = session.scalars(
+        select(Selection).where(Selection.job_id == job.id, Selection.image_id == image_id).order_by(Selection.pk)
+    )
+    failed = job.failed_images.get(image_id)
+    base = f"/v1/jobs/{job.id}/images/{image_id}"
+    links = {}
+    if job.state == JobState.succeeded and not failed:
+        links = {"mask": f"{base}/mask.png", "overlay": f"{base}/overlay.png", "cams": f"{base}/cams.png"}
+    return JobImageOut(
+        image=image_id,
+        tags=row.tags,
+        split=row.split,
+        failed=failed,
+        selections=[_selection_out(s) for s in selections],
+        links=links,
+    )
+
+
+def _png(image) -> Response:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return Response(buffer.getvalue(), media_type="image/png")
+
+
+def _result_file(job: Job, image_id: str, path, what: str):
+    _require_succeeded(job, what)
+    if image_id in job.failed_images:
+        raise ApiError(
+            404, f"image {image_id!r} failed during the job ({job.failed_images[image_id]}); it has no {what}"
+        )
+    if not path.is_file():
+        raise ApiError(404, f"no {what} for image {image_id!r} in this job")
+    return path
+
+
+@router.get("/images/{image_id}/mask.png", response_class=FileResponse, responses=PNG)
+def get_mask(image_id: str, job: OwnedJob, session: SessionDep, settings: SettingsDep) -> FileResponse:
+    """The pseudo mask as a palette PNG (pixel values are labels; 255 = uncertain)."""
+    _job_image(session, job, image_id)
+    return FileResponse(
+        _result_file(job, image_id, mask_path(settings, job.id, image_id), "mask"), media_type="image/png"
+    )
+
+
+@router.get("/images/{image_id}/overlay.png", response_class=Response, responses=PNG)
+def get_overlay(image_id: str, job: OwnedJob, session: SessionDep, settings: SettingsDep) -> Response:
+    """The image with its pseudo mask blended over it."""
+    from ml.data.images import read_image, read_mask
+    from ml.overlays import mask_overlay
+
+    row = _job_image(session, job, image_id)
+    mask = _result_file(job, image_id, mask_path(settings, job.id, image_id), "mask")
+    image = read_image(dataset_dir(settings, job.dataset.path) / row.file)
+    return _png(mask_overlay(image, read_mask(mask)))
+
+
+@router.get("/images/{image_id}/cams.png", response_class=Response, responses=PNG)
+def get_cams(image_id: str, job: OwnedJob, session: SessionDep, settings: SettingsDep) -> Response:
+    """One heat map per tagged class: the class activation maps the masks grew from."""
+    from ml.data.images import read_image
+    from ml.overlays import cam_heatmaps
+
+    row = _job_image(session, job, image_id)
+    path = _result_file(job, image_id, cams_path(settings, job.id, image_id), "class activation maps")
+    with np.load(path) as cams:
+        keys, maps = cams["keys"], cams["cam"].astype(np.float32)
+    image = read_image(dataset_dir(settings, job.dataset.path) / row.file)
+    return _png(cam_heatmaps(image, maps, keys, job.dataset.classes))
+
+
+@router.get("/metrics", response_model=MetricsOut)
+def get_metrics(job: OwnedJob) -> MetricsOut:
+    """mIoU and per-class IoU of each evaluation stage reached so far (ground truth needed)."""
+    return MetricsOut(
+        job_id=job.id,
+        state=job.state,
+        has_ground_truth=job.dataset.gt_count > 0,
+        stages=stage_metrics_out(job),
+    )

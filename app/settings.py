@@ -1,0 +1,140 @@
+"""Everything the service reads from its environment: one `Settings`, variables prefixed `POLE_`.
+
+Unset, the service runs embedded on one machine: a SQLite file and a file-based Celery broker, both
+inside the data directory, so nothing needs installing. Point `POLE_DATABASE_URL` at PostgreSQL and
+`POLE_BROKER_URL` at Redis (with a data directory every machine mounts) to run many workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ml.data.archive import ArchiveLimits
+
+GiB = 1 << 30
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POLE_", extra="ignore")
+
+    # Datasets, job run directories, the SQLite file and the embedded broker's queue live here.
+    data_dir: Path = Path("data")
+    # Empty: a SQLite file in data_dir (WAL). postgres:// and postgresql:// get the psycopg driver.
+    database_url: str = ""
+    # Empty: Celery's filesystem transport under data_dir/broker (one machine). redis://... to scale out.
+    broker_url: str = ""
+    # Deployments sharing one Redis need distinct queue names (also used as their Redis key prefix).
+    queue: str = Field(default="pole", pattern=r"^[A-Za-z0-9_.-]+$")
+    default_preset: str = "paper"
+
+    # Uploads: the request body is counted as it streams to disk; past this the answer is 413.
+    max_upload_bytes: int = Field(default=2 * GiB, gt=0)
+    # Checked while extracting, never trusted from the zip headers.
+    max_archive_members: int = Field(default=50_000, gt=0)
+    max_archive_bytes: int = Field(default=8 * GiB, gt=0)
+    max_archive_member_bytes: int = Field(default=1 * GiB, gt=0)
+    max_compression_ratio: float = Field(default=200.0, gt=1)
+
+    # Jobs: a worker writes a heartbeat this often; one silent for stale_after_seconds is presumed
+    # dead and requeued (from its last finished stage) until max_attempts, then failed.
+    max_attempts: int = Field(default=3, ge=1)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    stale_after_seconds: float = Field(default=90.0, gt=0)
+    reaper_interval_seconds: float = Field(default=30.0, gt=0)
+
+    page_size: int = Field(default=50, ge=1)
+    max_page_size: int = Field(default=500, ge=1)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        # Workers in other processes must see the same folder whatever their working directory.
+        return value.expanduser().resolve()
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str) -> str:
+        value = value.strip()
+        for prefix in ("postgres://", "postgresql://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        if value and not value.startswith(("sqlite://", "postgresql+psycopg://")):
+            raise ValueError(
+                f"POLE_DATABASE_URL={value!r} is not supported; use sqlite:///PATH or "
+                "postgresql+psycopg://USER@HOST/DB (or leave it unset for a SQLite file in the data directory)"
+            )
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("redis://", "rediss://", "filesystem://")):
+            raise ValueError(
+                f"POLE_BROKER_URL={value!r} is not supported; use redis://HOST:6379/0 "
+                "(or leave it unset for the embedded file-based queue in the data directory)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'pole.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if self.stale_after_seconds <= self.heartbeat_seconds:
+            raise ValueError(
+                f"POLE_STALE_AFTER_SECONDS ({self.stale_after_seconds}) must exceed POLE_HEARTBEAT_SECONDS "
+                f"({self.heartbeat_seconds}), or every running job would look dead"
+            )
+        return self
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    def broker_transport_options(self) -> dict:
+        if not self.embedded_broker:
+            return {"global_keyprefix": f"{self.queue}:"}
+        queue = str(self.broker_dir / "queue")
+        return {
+            "data_folder_in": queue,
+            "data_folder_out": queue,
+            "control_folder": str(self.broker_dir / "control"),
+            "polling_interval": 0.5,
+        }
+
+    def archive_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(
+            max_members=self.max_archive_members,
+            max_total_bytes=self.max_archive_bytes,
+            max_member_bytes=self.max_archive_member_bytes,
+            max_ratio=self.max_compression_ratio,
+        )
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        # Incoming bodies and half-validated extractions; never read by anything else.
+        return self.data_dir / "uploads"
+
+    def make_dirs(self) -> None:
+        for path in (self.data_dir, self.datasets_dir, self.jobs_dir, self.uploads_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        if self.embedded_broker:
+            for key in ("data_folder_in", "control_folder"):
+                Path(self.broker_transport_options()[key]).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,47 @@
+"""The Celery app, built from Settings. The API sends tasks by name with it and never imports the
+task code (nor torch); `pole worker` adds the tasks and runs it.
+
+Delivery: late acks, reject when a worker child dies, one message reserved at a time, so a job
+whose worker vanished is not lost silently. The database stays the source of truth: a job that a
+broker cannot redeliver (the embedded file queue forgets what a killed worker had taken) is
+requeued from its row by worker.reaper.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.settings import Settings
+
+RUN_JOB = "pole.run_job"
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("pole", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        broker_transport_options=settings.broker_transport_options(),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        task_default_queue=settings.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # results live in the database, not in a result backend
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        pole_settings=settings,
+    )
+    return app
+
+
+def send_run_job(celery: Celery, job_id: str, lease: str | None = None) -> None:
+    """Enqueue a run of `job_id`; raises kombu's OperationalError when the broker cannot be reached."""
+    celery.send_task(
+        RUN_JOB,
+        kwargs={"job_id": job_id, "lease": lease},
+        queue=celery.conf.task_default_queue,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+    )

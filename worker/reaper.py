@@ -1,0 +1,122 @@
+"""Finds jobs whose worker stopped sending heartbeats and requeues them, up to `max_attempts`.
+
+A requeued job resumes from its last finished stage (the stages skip what is on disk). Each
+worker runs the reaper in a thread of its main process; every change is a compare-and-set on the
+job's lease, so several reapers, or a reaper racing a live worker, can never both act on a job.
+A worker also recovers, at start, the jobs its own name was running: it cannot be running them
+any more, so there is no need to wait for their heartbeats to go stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from celery import Celery, bootsteps
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from app.db import create_db_engine, make_sessionmaker
+from app.models import Job, JobState, utcnow
+from app.settings import Settings
+from worker.celery_app import send_run_job
+from worker.jobs import TRANSIENT_ERRORS
+
+log = logging.getLogger("pole.reaper")
+
+
+def reap(sessions: sessionmaker[Session], settings: Settings, celery: Celery, worker: str | None = None) -> dict:
+    """Act on every job whose worker is gone; returns {job id: action}.
+
+    Gone: its heartbeat is older than `stale_after_seconds`, or (when `worker` is given, at that
+    worker's start) it is marked as running on `worker`. Running jobs are requeued, or failed past
+    `max_attempts`; cancelling ones become cancelled. A requeued job still queued a stale period
+    later is sent again, in case its message was lost (a duplicate finds the job taken and does nothing).
+    """
+    now = utcnow()
+    stale = Job.heartbeat_at < now - timedelta(seconds=settings.stale_after_seconds)
+    live = Job.state.in_([JobState.running, JobState.cancelling])
+    gone = live & (Job.worker == worker) if worker else (live & stale) | ((Job.state == JobState.queued) & stale)
+    with sessions() as session:
+        rows = session.execute(select(Job.id, Job.state, Job.lease, Job.attempts, Job.heartbeat_at).where(gone)).all()
+    actions = {}
+    for job_id, state, lease, attempts, heartbeat in rows:
+        values, action = _release(state, attempts, heartbeat, settings.max_attempts)
+        with sessions() as session, session.begin():
+            # Compare-and-set: a worker that wrote meanwhile is alive after all, or another reaper got there first.
+            changed = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id, Job.state == state, Job.lease.is_(None) if lease is None else Job.lease == lease
+                )
+                .where(Job.heartbeat_at.is_(None) if heartbeat is None else Job.heartbeat_at == heartbeat)
+                .values(**values)
+            ).rowcount
+        if changed:
+            if action in ("requeued", "resent"):
+                send_run_job(celery, job_id)
+            log.warning("job %s: worker gone (last heartbeat %s); %s", job_id, heartbeat, action)
+            actions[job_id] = action
+    return actions
+
+
+def _release(state: str, attempts: int, heartbeat, max_attempts: int) -> tuple[dict, str]:
+    now = utcnow()
+    if state == JobState.queued:
+        return {"heartbeat_at": now}, "resent"
+    ended = {"lease": None, "finished_at": now}
+    if state == JobState.cancelling:
+        return {**ended, "state": JobState.cancelled, "message": "cancelled (its worker stopped)"}, "cancelled"
+    if attempts >= max_attempts:
+        reason = (
+            f"gave up after {attempts} attempt(s): each time, the worker running the job stopped sending "
+            f"heartbeats (last at {heartbeat:%Y-%m-%d %H:%M:%S} UTC). It may have been killed for lack of "
+            "memory; see the worker's log, or retry with smaller batches"
+        )
+        return {**ended, "state": JobState.failed, "error": reason}, "failed"
+    message = f"requeued after its worker stopped (attempt {attempts} of {max_attempts})"
+    # heartbeat_at = now: the clock for re-sending the message starts at the requeue.
+    return {
+        "lease": None,
+        "worker": None,
+        "state": JobState.queued,
+        "message": message,
+        "heartbeat_at": now,
+    }, "requeued"
+
+
+class ReaperStep(bootsteps.StartStopStep):
+    """Runs `reap` in the worker's main process: once for this worker's own jobs, then periodically."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, worker) -> None:
+        settings: Settings = worker.app.conf.pole_settings
+        # NullPool: no connection stays open in this process for a forked pool child to inherit.
+        sessions = make_sessionmaker(create_db_engine(settings.database_url, poolclass=NullPool))
+        reap(sessions, settings, worker.app, worker=worker.hostname)
+        self._thread = threading.Thread(
+            target=self._loop, args=(sessions, settings, worker.app), name="pole-reaper", daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self, sessions, settings: Settings, celery: Celery) -> None:
+        while not self._stop.wait(settings.reaper_interval_seconds):
+            try:
+                reap(sessions, settings, celery)
+            except TRANSIENT_ERRORS as err:
+                log.warning(
+                    "reaper: database unreachable (%s); next sweep in %ss", err, settings.reaper_interval_seconds
+                )
+
+    def stop(self, worker) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
