@@ -80,7 +80,7 @@ def _is_usable_lemma(word: str) -> bool:
 def wordnet_words(cls: str) -> list[str]:
     """Lemmas of the first (most common) noun sense of `cls`, its hypernyms and hyponyms, then of its other senses.
 
-    A multi-word class unknown to WordNet falls back to its last word, the head noun ("tv monitor" -> "monitor").
+    A multi-word class unknown to WordNet falls back to its last word, the head noun ("computer monitor" -> "monitor").
     """
     wordnet = _wordnet()
     senses = wordnet.synsets("_".join(cls.split()), pos="n")
