@@ -91,7 +91,7 @@ def affinity_loss(affinities: torch.Tensor, labels: torch.Tensor, radius: int) -
         "cross": (push * cross).sum() / (cross.sum() + EPS),
     }
     loss = ((parts["background"] + parts["foreground"]) / 2 + parts["cross"]) / 2
-    return loss, {k: float(v) for k, v in parts.items()}
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
 class EdgeNet(nn.Module):

@@ -1,0 +1,148 @@
+"""make_cams: multi-scale, flipped CAMs of every image's tagged classes (METHOD.md stage 4).
+
+Per image, relu(W^T Z) at every scale and its mirror image are upsampled, summed and divided by
+their max, at full resolution and at stride 4 (see ml/cam_files.py). All scales of a batch of
+same-sized images go through the network together, the flips in the same forward pass; each
+image's maps are written as soon as they are made, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ml.cam_files import save_cams
+from ml.data.images import ImageError, read_image
+from ml.device import pick_device, seed_everything
+from ml.models.backbone import IMAGENET_MEAN, IMAGENET_STD
+from ml.models.cam_net import CamNet, load_cam_net
+from ml.runtime import StageContext, atomic_dir, sha256_file, write_stage_record
+
+NORM_EPS = 1e-5  # each map is divided by (its max + this): an all-zero map stays zero
+
+
+def cam_checkpoint(ctx: StageContext) -> Path:
+    """The CAM network the method ends with: train_pole's, or train_cam's for the baseline method."""
+    stage = "train_pole" if ctx.config.train_pole.enabled else "train_cam"
+    path = ctx.stage_dir(stage) / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing; run the {stage} stage first (pole stage {stage.replace('_', '-')})"
+        )
+    return path
+
+
+def normalise_images(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Same-sized (H, W, 3) uint8 RGB images -> (B, 3, H, W) float with ImageNet statistics."""
+    batch = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (batch - mean) / std
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def stride4_size(height: int, width: int) -> tuple[int, int]:
+    return -(-height // 4), -(-width // 4)
+
+
+def multiscale_cams(
+    net: CamNet,
+    images: Sequence[np.ndarray],
+    keys: Sequence[Sequence[int]],
+    scales: Sequence[float],
+    flip: bool,
+    half_precision: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Same-sized images and their tagged labels -> per image (cam (n, H, W), cam_s4 (n, h4, w4)), float32.
+
+    One forward pass per scale carries every image of the batch and, with `flip`, their mirrors.
+    """
+    device = next(net.parameters()).device
+    height, width = images[0].shape[:2]
+    full, strided = (height, width), stride4_size(height, width)
+    channels_last = device.type == "cpu"
+    autocast = (
+        torch.autocast("cuda", dtype=torch.float16) if half_precision and device.type == "cuda" else nullcontext()
+    )
+    batch = normalise_images(images, device)  # (B, 3, H, W)
+    labels = [torch.as_tensor(k, dtype=torch.long, device=device) - 1 for k in keys]
+    sums_full = [torch.zeros(len(k), *full, device=device) for k in keys]
+    sums_s4 = [torch.zeros(len(k), *strided, device=device) for k in keys]
+    with torch.inference_mode():
+        for scale in scales:
+            x = batch if scale == 1.0 else F.interpolate(batch, scaled_size(height, width, scale), mode="bilinear")
+            if flip:
+                x = torch.cat([x, x.flip(-1)])  # (B * 2, 3, h, w)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                cams = net.cams(x).float()  # (B or 2B, K, h/16, w/16)
+            if flip:
+                count = len(images)
+                cams = cams[:count] + cams[count:].flip(-1)
+            for i, tagged in enumerate(labels):
+                maps = cams[i : i + 1, tagged]  # (1, n, h/16, w/16)
+                sums_full[i] += F.interpolate(maps, full, mode="bilinear", align_corners=False)[0]
+                sums_s4[i] += F.interpolate(maps, strided, mode="bilinear", align_corners=False)[0]
+    return [(_normalise(f), _normalise(s)) for f, s in zip(sums_full, sums_s4, strict=True)]
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Each class map divided by its own max, so maps of different classes and images compare."""
+    return maps / (maps.flatten(1).amax(dim=1).view(-1, 1, 1) + NORM_EPS) if len(maps) else maps
+
+
+def run(ctx: StageContext) -> None:
+    config = ctx.config.make_cams
+    seed_everything(ctx.config.seed)
+    device = pick_device(ctx.config.device)
+    checkpoint = cam_checkpoint(ctx)
+    net, _ = load_cam_net(checkpoint, device)
+    if device.type == "cpu":
+        net = net.to(memory_format=torch.channels_last)  # oneDNN's fast layout for CPU convolutions
+    records = ctx.usable_images()
+    with atomic_dir(ctx.stage_dir()) as out:
+        done = written = 0
+        for start in range(0, len(records), config.batch_images):
+            ctx.check_cancel()
+            loaded = []
+            for record in records[start : start + config.batch_images]:
+                try:
+                    loaded.append((record, read_image(record.image)))
+                except ImageError as err:
+                    ctx.fail_image(record.id, f"make_cams: cannot read {record.image.name}: {err}")
+            # Only images of one size stack into a batch; a batch of mixed sizes runs as several.
+            by_size: dict[tuple[int, ...], list] = {}
+            for record, image in loaded:
+                by_size.setdefault(image.shape, []).append((record, image))
+            for group in by_size.values():
+                maps = multiscale_cams(
+                    net,
+                    [image for _, image in group],
+                    [record.tags for record, _ in group],
+                    config.scales,
+                    config.flip,
+                    config.half_precision,
+                )
+                for (record, _), (cam, cam_s4) in zip(group, maps, strict=True):
+                    save_cams(
+                        out / f"{record.id}.npz", np.asarray(record.tags), cam.cpu().numpy(), cam_s4.cpu().numpy()
+                    )
+                    written += 1
+            done += len(records[start : start + config.batch_images])
+            ctx.progress(done / max(len(records), 1), f"{done}/{len(records)} images")
+        write_stage_record(
+            out,
+            ctx,
+            images=written,
+            checkpoints={f"{checkpoint.parent.name}/model.pt": sha256_file(checkpoint)},
+            device=str(device),
+        )
