@@ -1,0 +1,89 @@
+"""Pictures for people: a mask over its image, and the CAM heatmap of each tagged class (no torch).
+
+The API renders these on demand, so everything here is numpy, Pillow and matplotlib's colour maps.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image, ImageDraw
+
+from ml.data.palette import VOC_PALETTE, colorize
+
+IGNORE = 255
+CAPTION_HEIGHT = 14  # a strip above each heatmap panel for the class name
+
+
+def mask_overlay(image_rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> Image.Image:
+    """The mask's palette colours blended over the image; background left as is, 255 hatched.
+
+    Ignore pixels get diagonal stripes of the VOC ignore colour, so they cannot be mistaken for a
+    class of similar colour.
+    """
+    image = _check_image(image_rgb)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask {mask.shape} and image {image.shape[:2]} differ in size")
+    out = image.astype(np.float32)
+    labelled = (mask != 0) & (mask != IGNORE)
+    out[labelled] = (1 - alpha) * out[labelled] + alpha * colorize(mask)[labelled]
+    rows, cols = np.indices(mask.shape)
+    stripes = (mask == IGNORE) & (((rows + cols) // 3) % 2 == 0)
+    out[stripes] = VOC_PALETTE[IGNORE]
+    return Image.fromarray(out.round().astype(np.uint8), "RGB")
+
+
+def cam_heatmaps(
+    image_rgb: np.ndarray,
+    cams: np.ndarray,
+    keys: Sequence[int],
+    classes: Sequence[str],
+    alpha: float = 0.5,
+    colormap: str = "jet",
+) -> Image.Image:
+    """One panel per tagged class, side by side: its CAM (values in [0, 1]) over the image, named above.
+
+    `cams` is (n, H, W) with `keys` its 1-based labels (a make_cams file); `classes` are the
+    dataset's class names without background. An image with no tagged class gives the image alone.
+    """
+    image = _check_image(image_rgb)
+    height, width = image.shape[:2]
+    if cams.shape != (len(keys), height, width):
+        raise ValueError(f"cams of shape {cams.shape} for {len(keys)} keys over a {height}x{width} image")
+    colour = colormaps[colormap]
+    panels = []
+    for label, cam in zip(keys, cams, strict=True):
+        heat = colour(np.clip(cam, 0.0, 1.0))[..., :3] * 255  # (H, W, 3)
+        panels.append((classes[label - 1], (1 - alpha) * image + alpha * heat))
+    if not panels:
+        panels.append(("no tagged class", image.astype(np.float32)))
+    sheet = Image.new("RGB", (width * len(panels), height + CAPTION_HEIGHT), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (name, pixels) in enumerate(panels):
+        sheet.paste(Image.fromarray(pixels.round().astype(np.uint8), "RGB"), (index * width, CAPTION_HEIGHT))
+        draw.text((index * width + 2, 1), name, fill="black")
+    return sheet
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_overlay_png(image_rgb: np.ndarray, mask: np.ndarray) -> bytes:
+    return png_bytes(mask_overlay(image_rgb, mask))
+
+
+def cam_heatmaps_png(image_rgb: np.ndarray, cams: np.ndarray, keys: Sequence[int], classes: Sequence[str]) -> bytes:
+    return png_bytes(cam_heatmaps(image_rgb, cams, keys, classes))
+
+
+def _check_image(image_rgb: np.ndarray) -> np.ndarray:
+    image = np.asarray(image_rgb)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    return image
