@@ -15,7 +15,19 @@ from pathlib import Path
 from ml.config import ConfigError, available_presets, load_config_file, resolve_config
 from ml.data import DatasetError
 
-STAGE_NAMES = ["train-cam", "select-prompts", "train-pole"]
+STAGE_NAMES = [
+    "train-cam",
+    "select-prompts",
+    "train-pole",
+    "make-cams",
+    "eval-cams",
+    "make-seeds",
+    "train-irn",
+    "refine",
+    "crf",
+    "eval-masks",
+    "export",
+]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
