@@ -85,3 +85,30 @@ def test_walk_does_not_cross_a_closed_boundary():
     labels = walked.argmax(dim=0).numpy()
     assert (labels[:, :10] == 0).all() and (labels[:, 11:] == 1).all()
     assert np.all(walked[0, :, 11:].numpy() < 1e-12)
+
+
+def test_walk_labels_scale_by_the_global_max_and_keep_a_constant_background():
+    from ml.stages.refine import walk_labels
+
+    walked = torch.tensor([[[4.0, 0.0, 0.0]], [[0.0, 0.0, 0.8]]])  # (2 keys, 1, 3) at stride 4
+    # x4 bilinear: pixel 8 samples column 1.625, i.e. 5/8 of the last column; the max 4 scales to 1
+    labels = walk_labels(walked, np.array([3, 7]), (3, 9), bg_threshold=0.25)
+    assert labels.shape == (3, 9) and labels.dtype == np.uint8
+    assert (labels[:, 0] == 3).all() and (labels[:, 8] == 0).all()  # 0.8 / 4 * 5/8 = 0.125 < 0.25
+    walked[1, 0, 2] = 2.0
+    labels = walk_labels(walked, np.array([3, 7]), (3, 9), bg_threshold=0.25)
+    assert (labels[:, 8] == 7).all()  # 2 / 4 * 5/8 = 0.3125 > 0.25
+
+
+def test_refine_handles_images_larger_than_512_px():
+    from ml.config import RefineConfig
+    from ml.models.irn import EdgeNet
+    from ml.stages.refine import refine_image
+
+    image = np.full((520, 600, 3), 90, np.uint8)
+    image[100:400, 150:450] = 200
+    cam_s4 = np.zeros((1, 130, 150), np.float32)
+    cam_s4[0, 40:90, 50:100] = 1.0
+    mask = refine_image(EdgeNet("resnet18").eval(), image, cam_s4, np.array([5]), RefineConfig())
+    assert mask.shape == (520, 600) and set(np.unique(mask)) == {0, 5}
+    assert mask[250, 300] == 5 and mask[10, 10] == 0

@@ -1,0 +1,153 @@
+"""The stages after training, run through the pipeline from a hand-made CAM network checkpoint."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ml.cam_files import cam_path, load_cams
+from ml.config import config_to_dict, resolve_config
+from ml.data import load_dataset
+from ml.data.images import read_image, read_mask
+from ml.models.cam_net import CamNet, save_cam_net
+from ml.pipeline import run_pipeline
+from ml.runtime import Cancelled, StageContext
+from ml.stages import make_cams
+from ml.stages.make_cams import multiscale_cams, normalise_images
+
+TRAINING_STAGES = ("train_cam", "select_prompts", "train_pole")
+# Small enough for a few seconds on two cores; the cpu-small preset otherwise.
+FAST = {"train_irn": {"epochs": 1}, "refine": {"exp_times": 5}}
+
+
+def trained_run(out, config, num_classes: int = 3, stage: str = "train_pole") -> CamNet:
+    """A run directory whose training stages count as done, with a random CAM network as their result."""
+    for name in TRAINING_STAGES:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = CamNet("resnet18", num_classes)
+    save_cam_net(out / stage / "model.pt", net, config_to_dict(config))
+    return net
+
+
+def one_pass_at_a_time(net: CamNet, image: np.ndarray, keys, scales) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: every scale and every flip of one image as its own forward pass."""
+    height, width = image.shape[:2]
+    x = normalise_images([image], torch.device("cpu"))
+    index = torch.as_tensor(keys) - 1
+    full = torch.zeros(len(keys), height, width)
+    strided = torch.zeros(len(keys), (height + 3) // 4, (width + 3) // 4)
+    with torch.no_grad():
+        for scale in scales:
+            scaled = F.interpolate(x, (round(height * scale), round(width * scale)), mode="bilinear")
+            for flipped in (False, True):
+                cams = net.cams(scaled.flip(-1) if flipped else scaled)
+                cams = (cams.flip(-1) if flipped else cams)[:, index]
+                full += F.interpolate(cams, (height, width), mode="bilinear", align_corners=False)[0]
+                strided += F.interpolate(cams, strided.shape[1:], mode="bilinear", align_corners=False)[0]
+    return tuple(m / (m.flatten(1).amax(1).view(-1, 1, 1) + 1e-5) for m in (full, strided))
+
+
+def test_batched_cams_equal_one_pass_at_a_time():
+    torch.manual_seed(0)
+    net = CamNet("resnet18", 4).eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (45, 62, 3), dtype=np.uint8) for _ in range(2)]
+    keys = [(1, 3), (4,)]
+    scales = (1.0, 0.5, 1.5)
+    batched = multiscale_cams(net, images, keys, scales, flip=True)
+    for image, tags, (full, strided) in zip(images, keys, batched, strict=True):
+        ref_full, ref_strided = one_pass_at_a_time(net, image, tags, scales)
+        assert full.shape == (len(tags), 45, 62) and strided.shape == (len(tags), 12, 16)
+        torch.testing.assert_close(full, ref_full, atol=1e-4, rtol=0)
+        torch.testing.assert_close(strided, ref_strided, atol=1e-4, rtol=0)
+
+
+def test_make_cams_writes_normalised_maps_of_the_tagged_classes(tiny_dataset, tmp_path):
+    dataset = load_dataset(tiny_dataset)
+    config = resolve_config("cpu-small")
+    out = tmp_path / "run"
+    trained_run(out, config)
+    make_cams.run(StageContext(dataset, out, config, stage="make_cams"))
+    for record in dataset.images:
+        cams = load_cams(cam_path(out, record.id))
+        height, width = read_image(record.image).shape[:2]
+        assert cams.keys.tolist() == list(record.tags)
+        assert cams.cam.shape == (len(record.tags), height, width)
+        assert cams.cam_s4.shape == (len(record.tags), -(-height // 4), -(-width // 4))
+        with np.load(cam_path(out, record.id)) as raw:
+            assert raw["cam"].dtype == np.float16 and raw["cam_s4"].dtype == np.float16
+        peaks = cams.cam.reshape(len(record.tags), -1).max(axis=1)
+        assert (cams.cam >= 0).all() and np.all((peaks > 0.99) & (peaks <= 1.0))
+    record = json.loads((out / "make_cams" / "stage.json").read_text())
+    assert record["images"] == len(dataset.images) and "train_pole/model.pt" in record["checkpoints"]
+
+
+def test_baseline_method_takes_the_train_cam_network(tiny_dataset, tmp_path):
+    dataset = load_dataset(tiny_dataset)
+    config = resolve_config("cpu-small", {"train_pole": {"enabled": False}})
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="train_cam stage first"):
+        make_cams.run(StageContext(dataset, out, config, stage="make_cams"))
+    trained_run(out, config, stage="train_cam")
+    make_cams.run(StageContext(dataset, out, config, stage="make_cams"))
+    assert "train_cam/model.pt" in json.loads((out / "make_cams" / "stage.json").read_text())["checkpoints"]
+
+
+def test_stages_after_training_produce_scored_masks_and_an_archive(tiny_dataset, tmp_path):
+    dataset = load_dataset(tiny_dataset)
+    config = resolve_config("cpu-small", FAST, {"crf": {"enabled": True}})
+    out = tmp_path / "run"
+    trained_run(out, config)
+    seen = []
+    summary = run_pipeline(dataset, out, config, on_progress=lambda stage, f, msg: seen.append(stage))
+    for stage in ("make_cams", "eval_cams", "make_seeds", "train_irn", "refine", "crf", "eval_masks", "export"):
+        assert (out / stage / "stage.json").is_file() and stage in seen
+    for record in dataset.images:
+        for stage in ("refine", "crf"):
+            values = set(np.unique(read_mask(out / stage / f"{record.id}.png")).tolist())
+            assert values <= {0, *record.tags}
+        seeds = set(np.unique(read_mask(out / "make_seeds" / f"{record.id}.png")).tolist())
+        assert seeds <= {0, 255, *record.tags}
+    for stage in ("eval_cams", "eval_masks"):
+        metrics = summary[stage]
+        assert metrics["has_ground_truth"] and 0 <= metrics["miou"] <= 1
+        assert set(metrics["iou"]) == {"background", *dataset.classes}
+    assert summary["eval_cams"]["threshold"] == 0.15 and len(summary["eval_cams"]["sweep"]["thresholds"]) == 15
+    with zipfile.ZipFile(out / "export" / "pole_masks.zip") as zf:
+        names = set(zf.namelist())
+    assert {"labelmap.txt", "ImageSets/Segmentation/default.txt", "selections.csv", "metrics.json"} <= names
+    assert {f"SegmentationClass/{r.id}.png" for r in dataset.images} <= names
+
+
+def test_metrics_say_when_there_is_no_ground_truth(tiny_dataset, tmp_path):
+    for mask in (tiny_dataset / "masks").iterdir():
+        mask.unlink()
+    (tiny_dataset / "masks").rmdir()
+    dataset = load_dataset(tiny_dataset)
+    config = resolve_config("cpu-small")
+    out = tmp_path / "run"
+    trained_run(out, config)
+    summary = run_pipeline(dataset, out, config, until="eval_cams")
+    assert summary["eval_cams"] == {"has_ground_truth": False, "miou": None}
+
+
+def test_cancel_between_batches_leaves_no_half_stage_and_resume_finishes(tiny_dataset, tmp_path):
+    dataset = load_dataset(tiny_dataset)
+    config = resolve_config("cpu-small")
+    out = tmp_path / "run"
+    trained_run(out, config)
+    checks = []
+
+    def cancel_on_second_batch() -> bool:
+        checks.append(1)
+        return len(checks) > 2  # the pipeline's own check, then make_cams' first batch, then stop
+
+    with pytest.raises(Cancelled):
+        run_pipeline(dataset, out, config, should_cancel=cancel_on_second_batch, until="make_cams")
+    assert not (out / "make_cams").exists()
+    run_pipeline(dataset, out, config, until="make_cams")
+    assert len(list((out / "make_cams").glob("*.npz"))) == len(dataset.images)
