@@ -1,7 +1,7 @@
 """Accepting a dataset upload: validated whole before anything is kept, nothing kept on refusal.
 
 The archive is extracted with `ml.data.archive.safe_extract` (names, kinds, sizes and compression
-ratio measured while extracting) and read with `ml.data.load_dataset`, which decodes every image
+ratio measured while extracting) and read with `ml.data.readers.read_dataset`, which decodes every image
 with the same checks the pipeline uses. Only then is the folder moved into place and the rows
 written; if the rows cannot be written the folder goes again.
 """
@@ -18,8 +18,9 @@ from app.errors import ApiError
 from app.models import Dataset, Image, new_id
 from app.settings import Settings
 from app.storage import new_upload_path, remove_path
-from ml.data import DatasetError, load_dataset
+from ml.data import DatasetError
 from ml.data.archive import ArchiveError, safe_extract
+from ml.data.readers import read_dataset
 
 
 def store_dataset(session: Session, settings: Settings, *, owner_id: int, upload: Path, name: str) -> Dataset:
@@ -31,7 +32,7 @@ def store_dataset(session: Session, settings: Settings, *, owner_id: int, upload
     staging = new_upload_path(settings, ".d")
     try:
         safe_extract(upload, staging, settings.archive_limits())
-        dataset = load_dataset(staging)
+        dataset = read_dataset(staging, max_pixels=settings.max_image_pixels)
     except ArchiveError as err:
         remove_path(staging)
         raise ApiError(400, f"archive refused: {err}") from err
@@ -61,7 +62,7 @@ def store_dataset(session: Session, settings: Settings, *, owner_id: int, upload
     row.images = [
         Image(
             image_id=im.id,
-            file=str(im.image.relative_to(dataset.root)),
+            file=str(im.image.relative_to(staging)),
             tags=[dataset.classes[t - 1] for t in im.tags],
             split=im.split,
             has_mask=im.mask is not None,

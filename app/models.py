@@ -34,6 +34,10 @@ class UTCDateTime(TypeDecorator):
     impl = DateTime
     cache_ok = True
 
+    @property
+    def python_type(self) -> type:
+        return datetime
+
     def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
         if value is not None and value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)

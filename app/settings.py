@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ml.data.archive import ArchiveLimits
+from ml.data.images import DEFAULT_MAX_PIXELS
 
 GiB = 1 << 30
 
@@ -37,6 +38,8 @@ class Settings(BaseSettings):
     max_archive_bytes: int = Field(default=8 * GiB, gt=0)
     max_archive_member_bytes: int = Field(default=1 * GiB, gt=0)
     max_compression_ratio: float = Field(default=200.0, gt=1)
+    # Decompression-bomb guard, checked from each image's header before decoding it.
+    max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0)
 
     # Jobs: a worker writes a heartbeat this often; one silent for stale_after_seconds is presumed
     # dead and requeued (from its last finished stage) until max_attempts, then failed.

@@ -20,7 +20,7 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Job, JobStage, JobState, Selection, StageMetrics, utcnow
+from app.models import Image, Job, JobStage, JobState, Selection, StageMetrics, utcnow
 from app.settings import Settings
 from app.storage import dataset_dir, job_dir
 
@@ -91,7 +91,8 @@ class JobRun:
     def execute(self) -> None:
         """Run (or resume) the pipeline and record how it ended. Transient DB errors propagate."""
         from ml.config import config_from_dict
-        from ml.data import DatasetError, load_dataset
+        from ml.data import DatasetError
+        from ml.data.readers import read_dataset
         from ml.pipeline import overall_progress, run_pipeline
         from ml.runtime import Cancelled
 
@@ -99,6 +100,7 @@ class JobRun:
             job = session.get(Job, self.job_id)
             config = config_from_dict(job.config)
             data_path = dataset_dir(self.settings, job.dataset.path)
+            uploaded = set(session.scalars(select(Image.image_id).where(Image.dataset_id == job.dataset_id)))
         log.info("job %s: attempt with lease %s", self.job_id, self.lease)
 
         def on_progress(stage: str, fraction: float, message: str) -> None:
@@ -109,8 +111,8 @@ class JobRun:
         heartbeat.start()
         try:
             # Images that turned unreadable since the upload are dropped and listed, not fatal.
-            dataset = load_dataset(data_path, skip_bad=True)
-            unreadable = {Path(p.file).stem: p.message for p in dataset.skipped}
+            dataset = read_dataset(data_path, skip_bad=True, max_pixels=self.settings.max_image_pixels)
+            unreadable = _dropped_images(uploaded, dataset)
             summary = run_pipeline(
                 dataset,
                 job_dir(self.settings, self.job_id),
@@ -259,6 +261,15 @@ class JobRun:
             if selections:
                 session.execute(insert(Selection), [{"job_id": self.job_id, **row} for row in selections])
         log.info("job %s succeeded", self.job_id)
+
+
+def _dropped_images(uploaded: set[str], dataset) -> dict[str, str]:
+    """Images accepted at upload that the dataset reader now drops, with the reader's reasons."""
+    reasons: dict[str, list[str]] = {}
+    for problem in dataset.skipped:
+        reasons.setdefault(Path(problem.file).stem, []).append(problem.message)
+    kept = {im.id for im in dataset.images}
+    return {i: "; ".join(reasons.get(i, ["no longer readable"])) for i in sorted(uploaded - kept)}
 
 
 def _read_selections(path: Path) -> list[dict]:
