@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
+# Test tensors are tiny: extra intra-op threads only fight each other (and parallel test runs) for
+# the cores. Set before any test module imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_CLASSES = ("square", "circle", "triangle")
 TINY_COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (50, 70, 230)}  # distinct hues, so CAMs can learn them

@@ -1,0 +1,148 @@
+"""Stage 2 (POLE): choose, per image and tag, the class word CLIP finds closest to the CAM-masked image.
+
+For every image and tag k: P_k = the baseline CAM of k, upsampled to the image and divided by its
+max; M_k = X * P_k on the un-normalised RGB image in [0, 1] (float maths: the public code's uint8
+cast of image*cam*255 overflows, and it reads BGR); encode M_k with CLIP, encode
+template.format(w) for every candidate w of class k, and keep the word with the highest cosine.
+
+Writes select_prompts/selections.jsonl (one object per (image, class): image, label, class,
+candidates, scores, chosen), candidates.json (per class: words, scores, source) and stage.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from ml.data.images import read_image
+from ml.device import pick_device, seed_everything
+from ml.loaders import READ_ERRORS, imagenet_normalize, to_tensor01
+from ml.models.cam_net import load_cam_net
+from ml.models.clip_encoder import FrozenClip, cosine
+from ml.runtime import StageContext, atomic_dir, sha256_file, stage_done, write_json, write_stage_record
+from ml.synonyms import Candidates, gather_candidates, rank_candidates
+from ml.training import autocast
+
+log = logging.getLogger("pole")
+
+
+def class_candidates(clip: FrozenClip, ctx: StageContext) -> dict[str, Candidates]:
+    """Per class: its synonyms (job > dataset > built-in > WordNet), ranked by CLIP text similarity."""
+    section = ctx.config.select_prompts
+
+    def similarity(name: str, words: list[str]) -> list[float]:
+        prompts = clip.encode_text([section.template.format(w) for w in [name, *words]])  # (1 + n, D)
+        return cosine(prompts[:1], prompts[1:])[0].tolist()
+
+    ranked = {}
+    for name in ctx.dataset.classes:
+        words, source = gather_candidates(name, section.synonyms, ctx.dataset.synonyms, section.use_wordnet)
+        ranked[name] = rank_candidates(name, words, similarity, section.num_synonyms, source)
+    return ranked
+
+
+def candidate_words(name: str, ranked: Candidates) -> list[str]:
+    """S_k: the class name itself, then its ranked synonyms."""
+    return [name, *(w for w in ranked.words if w != name)]
+
+
+def masked_images(net, x01: torch.Tensor, labels: list[int], size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) image in [0, 1] -> (T, 3, *size): the image times each tag's CAM scaled to [0, 1]."""
+    rows = torch.tensor(labels, device=x01.device) - 1
+    cams = net.cams(imagenet_normalize(x01[None]))[0, rows].float()  # (T, h, w)
+    cams = F.interpolate(cams[None], size=x01.shape[-2:], mode="bilinear", align_corners=False)[0]  # (T, H, W)
+    cams = cams / (cams.flatten(1).amax(1)[:, None, None] + 1e-5)
+    masked = x01[None] * cams[:, None]  # (T, 3, H, W)
+    return F.interpolate(masked, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def choose_words(
+    clip: FrozenClip,
+    pixels: torch.Tensor,
+    pairs: list[tuple[str, int]],
+    classes: list[str],
+    words: dict[str, list[str]],
+    word_features: dict[str, torch.Tensor],
+) -> list[dict]:
+    """(P, 3, S, S) masked images of P (image id, label) pairs -> one selection record per pair."""
+    with torch.no_grad(), autocast(pixels.device):
+        features = clip.encode_images(pixels)  # (P, D)
+    records = []
+    for (image_id, label), feature in zip(pairs, features, strict=True):
+        name = classes[label - 1]
+        scores = cosine(feature[None], word_features[name])[0].tolist()
+        best = max(range(len(scores)), key=scores.__getitem__)
+        records.append(
+            {
+                "image": image_id,
+                "label": label,
+                "class": name,
+                "candidates": words[name],
+                "scores": scores,
+                "chosen": words[name][best],
+            }
+        )
+    return records
+
+
+def run(ctx: StageContext) -> None:
+    if stage_done(ctx.out, ctx.stage):
+        return
+    config, section = ctx.config, ctx.config.select_prompts
+    classes = ctx.dataset.classes
+    device = pick_device(config.device)
+    seed_everything(config.seed)
+    cam_path = ctx.out / "train_cam" / "model.pt"
+    net, _ = load_cam_net(cam_path, device)
+    clip = FrozenClip(config.models.clip_model, config.models.clip_pretrained, device)
+    ranked = class_candidates(clip, ctx)
+    words = {name: candidate_words(name, ranked[name]) for name in classes}
+    word_features = {name: clip.encode_text([section.template.format(w) for w in ws]) for name, ws in words.items()}
+    images = ctx.usable_images()
+    records: list[dict] = []
+    pairs: list[tuple[str, int]] = []  # (image id, label) pairs waiting for one batched CLIP encode
+    pixels: list[torch.Tensor] = []
+    for done, image in enumerate(images, start=1):
+        ctx.check_cancel()
+        try:
+            x01 = to_tensor01(read_image(image.image)).to(device)
+        except READ_ERRORS as err:
+            ctx.fail_image(image.id, f"unreadable image: {err}")
+            continue
+        with torch.no_grad(), autocast(device):
+            pixels.append(masked_images(net, x01, list(image.tags), clip.image_size))
+        pairs.extend((image.id, label) for label in image.tags)
+        if len(pairs) >= section.batch_size:
+            records += choose_words(clip, torch.cat(pixels), pairs, classes, words, word_features)
+            pairs, pixels = [], []
+        ctx.progress(done / len(images), f"{done}/{len(images)} images")
+    if pairs:
+        records += choose_words(clip, torch.cat(pixels), pairs, classes, words, word_features)
+    with atomic_dir(ctx.stage_dir()) as scratch:
+        (scratch / "selections.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_json(
+            scratch / "candidates.json",
+            {name: {"words": c.words, "scores": c.scores, "source": c.source} for name, c in ranked.items()},
+        )
+        notes = ["CLIP weights are random: the chosen words are arbitrary"] if clip.weights.source == "random" else []
+        write_stage_record(
+            scratch,
+            ctx,
+            weights={"clip": clip.weights.record()},
+            inputs={"train_cam/model.pt": sha256_file(cam_path)},
+            images=len({r["image"] for r in records}),
+            warnings=notes,
+        )
+
+
+def read_selections(path) -> dict[tuple[str, int], str]:
+    """selections.jsonl -> {(image id, label): chosen word}, what the pole prompt strategy needs."""
+    chosen = {}
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            chosen[(record["image"], record["label"])] = record["chosen"]
+    return chosen

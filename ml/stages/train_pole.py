@@ -1,0 +1,154 @@
+"""Stage 3: train the CAM network under CLIP guidance (the CLIMS objective with POLE's prompts).
+
+The backbone starts from train_cam/model.pt (conv1/bn1 stay frozen); the head gives per-pixel
+sigmoid maps P (B, K, h, w). For every (image, tag k) pair of a batch the crop and P_k are resized
+to CLIP's input size, fg = P_k * X and bg = (1 - P_k) * X are built from the un-normalised crop and
+encoded by the frozen CLIP; text features come from the chosen prompt strategy; adaptors (if any)
+map both; the loss is a*OTM + b*BTM + c*CBS + d*REG (ml/losses.py).
+
+Learning rates: backbone backbone_lr; classifier and adaptors head_lr (both are new layers);
+learnable prompt parts backbone_lr * prompt_lr_mult.
+
+Writes train_pole/model.pt (a CamNet checkpoint whose extra keys hold the prompt strategy and the
+adaptors with their arguments), log.json (each loss term per step) and stage.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml.config import TrainPoleConfig, config_to_dict
+from ml.device import pick_device, seed_everything
+from ml.loaders import TrainImages, imagenet_normalize, train_loader
+from ml.losses import PoleLoss, pole_loss
+from ml.models.adapters import Adaptor
+from ml.models.cam_net import CamNet, load_cam_net, save_cam_net
+from ml.models.clip_encoder import FrozenClip
+from ml.models.prompt_learners import build_prompt_strategy
+from ml.runtime import StageContext, atomic_dir, sha256_file, stage_done, write_json, write_stage_record
+from ml.stages.select_prompts import read_selections
+from ml.training import autocast, poly_sgd, report_failed, training_images
+
+log = logging.getLogger("pole")
+
+
+class PoleObjective(nn.Module):
+    """Everything one training step needs: the CAM network, frozen CLIP, prompts and adaptors."""
+
+    def __init__(self, net: CamNet, clip: FrozenClip, prompts: nn.Module, section: TrainPoleConfig):
+        super().__init__()
+        self.net, self.clip, self.prompts, self.section = net, clip, prompts, section
+        self.image_adaptor = Adaptor(clip.embed_dim, section.adaptor, section.adaptor_ratio)
+        self.text_adaptor = Adaptor(clip.embed_dim, section.adaptor, section.adaptor_ratio)
+        self.background_prompts = [section.template.format(w) for w in section.background_words]
+
+    def forward(self, x01: torch.Tensor, labels: torch.Tensor, image_ids: Sequence[str]) -> PoleLoss:
+        """x01: (B, 3, C, C) crops in [0, 1]; labels: (B, K) multi-hot."""
+        device = x01.device
+        rows, classes = labels.nonzero(as_tuple=True)  # (P,), (P,): one entry per (image, tag) pair
+        with autocast(device):
+            maps = self.net.pixel_maps(imagenet_normalize(x01))  # (B, K, h, w)
+        size = self.clip.image_size
+        maps = maps.float()
+        pair_maps = F.interpolate(maps[rows, classes][:, None], size=size, mode="bilinear", align_corners=False)
+        crops = F.interpolate(x01, size=size, mode="bilinear", align_corners=False, antialias=True)[rows]
+        with autocast(device):
+            features = self.clip.encode_images(torch.cat([pair_maps * crops, (1 - pair_maps) * crops]))  # (2P, D)
+        fg, bg = self.image_adaptor(features).chunk(2)  # (P, D) each
+        text = self.text_adaptor(self.prompts(self.clip, [image_ids[i] for i in rows.tolist()], classes + 1))
+        background_text = self.text_adaptor(self.clip.encode_text(self.background_prompts))  # (M, D)
+        return pole_loss(fg, bg, text, background_text, maps, self.section.loss, self.section.cbs_threshold)
+
+    def param_groups(self) -> list[dict]:
+        section = self.section
+        backbone, classifier = self.net.param_groups()
+        adaptors = [*self.image_adaptor.parameters(), *self.text_adaptor.parameters()]
+        groups = [
+            {"params": backbone, "lr": section.backbone_lr},
+            {"params": classifier + adaptors, "lr": section.head_lr},
+        ]
+        prompt_parameters = list(self.prompts.parameters())
+        if prompt_parameters:
+            groups.append({"params": prompt_parameters, "lr": section.backbone_lr * section.prompt_lr_mult})
+        return groups
+
+    def checkpoint_extras(self) -> dict:
+        """What, beside the CamNet, rebuilds the trained prompt strategy and adaptors."""
+        return {
+            "prompt": {"spec": self.prompts.spec(), "state_dict": self.prompts.state_dict()},
+            "adaptors": {
+                name: {"args": adaptor.args, "state_dict": adaptor.state_dict()}
+                for name, adaptor in (("image", self.image_adaptor), ("text", self.text_adaptor))
+            },
+            "clip": self.clip.weights.record(),
+        }
+
+
+def build_objective(ctx: StageContext, device: torch.device) -> PoleObjective:
+    config, section = ctx.config, ctx.config.train_pole
+    net, _ = load_cam_net(ctx.out / "train_cam" / "model.pt", device)
+    clip = FrozenClip(config.models.clip_model, config.models.clip_pretrained, device)
+    chosen = None
+    if section.prompt == "pole":
+        path = ctx.out / "select_prompts" / "selections.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: prompt strategy 'pole' needs the select_prompts stage first")
+        chosen = read_selections(path)
+    prompts = build_prompt_strategy(
+        section.prompt, clip, ctx.dataset.classes, section.template, section.context_length, chosen
+    )
+    return PoleObjective(net, clip, prompts, section).to(device)
+
+
+def run(ctx: StageContext) -> None:
+    if stage_done(ctx.out, ctx.stage):
+        return
+    config, section = ctx.config, ctx.config.train_pole
+    device = pick_device(config.device)
+    generator = seed_everything(config.seed)
+    images = training_images(ctx)
+    objective = build_objective(ctx, device)
+    total_steps = section.epochs * math.ceil(len(images) / section.batch_size)
+    optimizer, schedule = poly_sgd(objective.param_groups(), section.optim, total_steps)
+    data = TrainImages(images, ctx.dataset.num_classes, section.augment, seed=config.seed)
+    loader = train_loader(data, section.batch_size, generator, config.num_workers)
+    step, steps = 0, []
+    objective.train()
+    for epoch in range(section.epochs):
+        data.epoch = epoch
+        for batch in loader:
+            ctx.check_cancel()
+            ok = report_failed(ctx, batch)
+            if ok.any():
+                ids = [i for i, good in zip(batch["id"], ok.tolist(), strict=True) if good]
+                loss = objective(batch["image"][ok].to(device), batch["label"][ok].to(device), ids)
+                optimizer.zero_grad(set_to_none=True)
+                loss.total.backward()
+                optimizer.step()
+                steps.append({"epoch": epoch, "lr": schedule.get_last_lr()[0], **loss.terms()})
+            schedule.step()
+            step += 1
+            loss_text = f" loss {steps[-1]['total']:.4f}" if steps else ""
+            ctx.progress(step / total_steps, f"epoch {epoch + 1}/{section.epochs}{loss_text}")
+    clip_weights = objective.clip.weights
+    with atomic_dir(ctx.stage_dir()) as scratch:
+        checkpoint = save_cam_net(
+            scratch / "model.pt", objective.net, config_to_dict(config), **objective.checkpoint_extras()
+        )
+        write_json(scratch / "log.json", {"steps": steps})
+        notes = ["CLIP weights are random: the guidance is noise"] if clip_weights.source == "random" else []
+        write_stage_record(
+            scratch,
+            ctx,
+            weights={"clip": clip_weights.record()},
+            inputs={"train_cam/model.pt": sha256_file(ctx.out / "train_cam" / "model.pt")},
+            checkpoints={"model.pt": checkpoint},
+            images=len(images) - sum(im.id in ctx.failed_images for im in images),
+            warnings=notes,
+        )
