@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 
 import torch
 
 from ml.config import OptimConfig
 from ml.data import ImageRecord
 from ml.runtime import StageContext
-
-log = logging.getLogger("pole")
 
 
 def training_images(ctx: StageContext) -> list[ImageRecord]:

@@ -12,7 +12,6 @@ candidates, scores, chosen), candidates.json (per class: words, scores, source) 
 from __future__ import annotations
 
 import json
-import logging
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +25,10 @@ from ml.runtime import StageContext, atomic_dir, sha256_file, stage_done, write_
 from ml.synonyms import Candidates, gather_candidates, rank_candidates
 from ml.training import autocast
 
-log = logging.getLogger("pole")
-
 
 def class_candidates(clip: FrozenClip, ctx: StageContext) -> dict[str, Candidates]:
-    """Per class: its synonyms (job > dataset > built-in > WordNet), ranked by CLIP text similarity."""
+    """Per class, S_k: the class name, then its m synonyms (job > dataset > built-in > WordNet) that are
+    closest to it by CLIP text similarity."""
     section = ctx.config.select_prompts
 
     def similarity(name: str, words: list[str]) -> list[float]:
@@ -42,11 +40,6 @@ def class_candidates(clip: FrozenClip, ctx: StageContext) -> dict[str, Candidate
         words, source = gather_candidates(name, section.synonyms, ctx.dataset.synonyms, section.use_wordnet)
         ranked[name] = rank_candidates(name, words, similarity, section.num_synonyms, source)
     return ranked
-
-
-def candidate_words(name: str, ranked: Candidates) -> list[str]:
-    """S_k: the class name itself, then its ranked synonyms."""
-    return [name, *(w for w in ranked.words if w != name)]
 
 
 def masked_images(net, x01: torch.Tensor, labels: list[int], size: tuple[int, int]) -> torch.Tensor:
@@ -99,7 +92,7 @@ def run(ctx: StageContext) -> None:
     net, _ = load_cam_net(cam_path, device)
     clip = FrozenClip(config.models.clip_model, config.models.clip_pretrained, device)
     ranked = class_candidates(clip, ctx)
-    words = {name: candidate_words(name, ranked[name]) for name in classes}
+    words = {name: ranked[name].words for name in classes}
     word_features = {name: clip.encode_text([section.template.format(w) for w in ws]) for name, ws in words.items()}
     images = ctx.usable_images()
     records: list[dict] = []

@@ -15,7 +15,6 @@ adaptors with their arguments), log.json (each loss term per step) and stage.jso
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
@@ -34,8 +33,6 @@ from ml.models.prompt_learners import build_prompt_strategy
 from ml.runtime import StageContext, atomic_dir, sha256_file, stage_done, write_json, write_stage_record
 from ml.stages.select_prompts import read_selections
 from ml.training import autocast, poly_sgd, report_failed, training_images
-
-log = logging.getLogger("pole")
 
 
 class PoleObjective(nn.Module):
