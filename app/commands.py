@@ -60,10 +60,19 @@ def _settings():
 
 
 def _sessions(settings):
+    from sqlalchemy.exc import OperationalError
+
     from app.db import create_db_engine, current_revision, make_sessionmaker
 
     engine = create_db_engine(settings.database_url)
-    if current_revision(engine) is None:
+    try:
+        revision = current_revision(engine)
+    except OperationalError as err:
+        raise SystemExit(
+            f"error: cannot open the database {_safe_url(settings.database_url)} ({err.orig}); "
+            "check POLE_DATABASE_URL / POLE_DATA_DIR, and run `pole db upgrade` first"
+        ) from None
+    if revision is None:
         raise SystemExit("error: the database has no schema yet; run `pole db upgrade` first")
     return make_sessionmaker(engine)
 

@@ -206,7 +206,7 @@ class JobRun:
                     stage=stage,
                     miou=data.get("miou"),
                     threshold=data.get("threshold"),
-                    per_class_iou=data.get("per_class_iou") or {},
+                    per_class_iou=data.get("iou") or {},  # class name -> IoU, as eval_* write it
                     data=data,
                 )
             )

@@ -1,0 +1,103 @@
+"""The service commands as a user runs them: `pole db upgrade`, `pole keys ...`, `pole serve`."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.app.service import free_port, make_settings, settings_env
+
+
+def pole(settings, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env=settings_env(settings), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_help_lists_the_service_commands():
+    result = subprocess.run([sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True, timeout=60)
+    for command in ("serve", "worker", "db", "keys", "run"):
+        assert f"    {command} " in result.stdout
+
+
+def test_keys_are_shown_once_stored_hashed_and_revocable(tmp_path, api, settings):
+    created = pole(settings, "keys", "create", "--name", "ci robot")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("pole_") and "shown only now" in created.stderr
+    database = Path(settings.database_url.removeprefix("sqlite:///"))
+    stored = b"".join(p.read_bytes() for p in database.parent.glob("pole.db*"))
+    assert key.encode() not in stored and hashlib.sha256(key.encode()).hexdigest().encode() in stored
+
+    with api.client(key) as client:
+        assert client.get("/v1/datasets").status_code == 200
+        listed = pole(settings, "keys", "list").stdout
+        assert "ci robot" in listed and key[:11] in listed and "active" in listed
+        revoked = pole(settings, "keys", "revoke", key[:11])
+        assert revoked.returncode == 0 and "revoked" in revoked.stdout
+        assert client.get("/v1/datasets").status_code == 401
+    assert "revoked" in pole(settings, "keys", "list").stdout
+    unknown = pole(settings, "keys", "revoke", "pole_nothing")
+    assert unknown.returncode == 2 and "no single key matches" in unknown.stderr
+
+
+def test_keys_need_the_schema_first(tmp_path):
+    settings = make_settings(tmp_path / "fresh")
+    refused = pole(settings, "keys", "create", "--name", "x")
+    assert refused.returncode != 0 and "run `pole db upgrade` first" in refused.stderr
+    upgraded = pole(settings, "db", "upgrade")
+    assert upgraded.returncode == 0 and "at revision 0001" in upgraded.stdout
+    assert pole(settings, "keys", "create", "--name", "x").returncode == 0
+
+
+def _processes_using(data_dir: Path) -> list[int]:
+    """Live processes whose environment points at `data_dir` (the serve command and its worker)."""
+    marker = f"POLE_DATA_DIR={data_dir}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_serve_runs_api_and_worker_and_stops_both_on_ctrl_c(tmp_path):
+    settings = make_settings(tmp_path / "data")
+    port = free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=settings_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert serve.poll() is None and time.monotonic() < deadline, serve.stdout.read().decode()[-3000:]
+            time.sleep(0.2)
+        assert (settings.data_dir / "pole.db").is_file()  # migrated at start
+        while len(_processes_using(settings.data_dir)) < 3:  # serve, the worker and its pool child
+            assert time.monotonic() < deadline, "the embedded worker did not start"
+            time.sleep(0.2)
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=60) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    deadline = time.monotonic() + 30
+    while _processes_using(settings.data_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_using(settings.data_dir) == []
