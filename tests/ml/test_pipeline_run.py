@@ -151,3 +151,100 @@ def test_cancel_between_batches_leaves_no_half_stage_and_resume_finishes(tiny_da
     assert not (out / "make_cams").exists()
     run_pipeline(dataset, out, config, until="make_cams")
     assert len(list((out / "make_cams").glob("*.npz"))) == len(dataset.images)
+
+
+def _pole(argv: list[str]) -> int:
+    from app.cli import main
+
+    return main(argv)
+
+
+def _check_export(out, dataset) -> None:
+    """A mask for every image, values in {0..K, 255}, and the CVAT layout in folder and archive."""
+    masks = out / "export" / "masks"
+    ids = [record.id for record in dataset.images]
+    assert (masks / "ImageSets" / "Segmentation" / "default.txt").read_text().split() == ids
+    allowed = set(range(dataset.num_classes + 1)) | {255}
+    for image_id in ids:
+        assert set(np.unique(read_mask(masks / "SegmentationClass" / f"{image_id}.png")).tolist()) <= allowed
+    with zipfile.ZipFile(out / "export" / "pole_masks.zip") as zf:
+        names = set(zf.namelist())
+    on_disk = {p.relative_to(masks).as_posix() for p in masks.rglob("*") if p.is_file()}
+    assert names == on_disk
+    assert {"labelmap.txt", "selections.csv", "metrics.json", "config.json"} <= names
+    assert len((masks / "selections.csv").read_text().splitlines()) > 1  # the POLE selection ran
+
+
+def test_pole_run_cpu_small_end_to_end(tiny_dataset, tmp_path, capsys):
+    small = {"resize_long": [48, 80], "crop_size": 64}
+    fast = {
+        "train_cam": {"epochs": 1, "batch_size": 4, "augment": small},
+        "select_prompts": {"batch_size": 6, "num_synonyms": 1, "synonyms": {"square": ["box"], "circle": ["ring"]}},
+        "train_pole": {"epochs": 1, "batch_size": 6, "augment": small},
+        **FAST,
+    }
+    (tmp_path / "fast.json").write_text(json.dumps(fast))
+    out = tmp_path / "out"
+    argv = [
+        "run",
+        str(tiny_dataset),
+        "--out",
+        str(out),
+        "--preset",
+        "cpu-small",
+        "--config",
+        str(tmp_path / "fast.json"),
+    ]
+    assert _pole(argv) == 0
+    printed = capsys.readouterr().out
+    assert "eval_cams: mIoU" in printed and "eval_masks: mIoU" in printed
+    _check_export(out, load_dataset(tiny_dataset))
+    assert _pole(argv) == 0  # a finished run resumes to a no-op
+
+
+def make_shapes_dataset(root, count: int, size: int, seed: int = 0):
+    """A manifest dataset of `count` noisy images of about size x size px with one or two coloured shapes."""
+    from PIL import Image, ImageDraw
+
+    classes = ("square", "circle", "triangle")
+    colours = ((220, 40, 40), (40, 200, 60), (50, 70, 230))
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    rows = ["image,tags"]
+    for index in range(count):
+        width, height = (int(v) for v in rng.integers(size - 16, size + 17, size=2))
+        image = Image.fromarray(rng.integers(90, 150, (height, width, 3), dtype=np.uint8))
+        mask = Image.new("L", (width, height), 0)
+        tags = sorted(rng.choice(3, size=1 + index % 2, replace=False).tolist())
+        for slot, label in enumerate(tags):
+            left = slot * width // len(tags)
+            side = int(rng.integers(height // 4, min(width // len(tags), height) - 6))
+            x0, y0 = left + int(rng.integers(2, width // len(tags) - side - 2)), int(rng.integers(2, height - side - 2))
+            box = (x0, y0, x0 + side, y0 + side)
+            for draw, fill in ((ImageDraw.Draw(image), colours[label]), (ImageDraw.Draw(mask), label + 1)):
+                if label == 0:
+                    draw.rectangle(box, fill=fill)
+                elif label == 1:
+                    draw.ellipse(box, fill=fill)
+                else:
+                    draw.polygon([((box[0] + box[2]) // 2, box[1]), box[2:], (box[0], box[3])], fill=fill)
+        image.save(root / "images" / f"s{index:02d}.png")
+        mask.save(root / "masks" / f"s{index:02d}.png")
+        rows.append(f"s{index:02d}.png,{'|'.join(classes[t] for t in tags)}")
+    (root / "tags.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_cpu_small_preset_takes_24_images_through_every_stage_in_5_minutes(tmp_path):
+    import time
+
+    dataset_root = make_shapes_dataset(tmp_path / "shapes", count=24, size=128)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    assert _pole(["run", str(dataset_root), "--out", str(out), "--preset", "cpu-small"]) == 0
+    elapsed = time.monotonic() - started
+    _check_export(out, load_dataset(dataset_root))
+    assert elapsed < 300, f"cpu-small took {elapsed:.0f} s for 24 images"
