@@ -118,8 +118,8 @@ class JobRun:
                 job_dir(self.settings, self.job_id),
                 config,
                 on_progress=on_progress,
-                should_cancel=self._should_cancel,
-                on_stage=self._on_stage,
+                should_cancel=self.should_cancel,
+                on_stage=self.on_stage,
             )
         except Cancelled:
             self._finish_cancelled()
@@ -161,7 +161,7 @@ class JobRun:
     def beat(self) -> None:
         self._write(heartbeat_at=utcnow())
 
-    def _should_cancel(self) -> bool:
+    def should_cancel(self) -> bool:
         if self.lost.is_set():
             raise LeaseLost(self.job_id)
         now = time.monotonic()
@@ -175,7 +175,7 @@ class JobRun:
             self._cancelling = state == JobState.cancelling
         return self._cancelling
 
-    def _on_stage(self, stage: str, event: str) -> None:
+    def on_stage(self, stage: str, event: str) -> None:
         self.stage = stage
         now = utcnow()
         self._write(stage=stage, heartbeat_at=now, **({"stage_progress": 0.0} if event == "start" else {}))

@@ -7,7 +7,7 @@ import pytest
 from app.db import create_db_engine, make_sessionmaker, session_scope
 from app.security import revoke_key
 from tests.app.conftest import new_key
-from tests.app.service import upload
+from tests.app.service import ApiServer, make_settings, upload
 
 
 @pytest.fixture
@@ -170,3 +170,15 @@ def test_keys_see_nothing_of_each_other(alice, bob, dataset_id):
 def test_unknown_routes_and_bad_ids_answer_json(alice):
     assert alice.get("/v1/jobs/nope").json() == {"detail": "no job 'nope'; GET /v1/jobs lists yours"}
     assert alice.get("/v1/nothing-here").json() == {"detail": "Not Found"}
+
+
+def test_an_unreachable_queue_makes_the_api_unready_and_creates_no_job(tmp_path, dataset_zip):
+    settings = make_settings(tmp_path / "data", broker_url="redis://127.0.0.1:1/0")  # nothing listens there
+    with ApiServer(settings) as api, api.client(new_key(settings, "alice")) as alice:
+        ready = alice.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"] == "ok" and "unreachable" in ready.json()["checks"]["broker"]
+        dataset_id = upload(alice, dataset_zip).json()["id"]
+        refused = alice.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small"})
+        assert refused.status_code == 503 and "nothing was created" in refused.json()["detail"]
+        assert alice.get("/v1/jobs").json()["items"] == []

@@ -1,0 +1,54 @@
+"""The reaper: stale jobs requeued (with a real message on the embedded queue), failed past the cap."""
+
+from __future__ import annotations
+
+from app.models import JobState
+from tests.worker.conftest import job_row
+from worker.reaper import reap
+
+
+def queued_messages(settings) -> list[str]:
+    folder = settings.broker_dir / "queue"
+    return [p.read_text() for p in sorted(folder.iterdir())]
+
+
+def test_stale_jobs_are_requeued_failed_or_cancelled(settings, sessions, make_job, celery):
+    stale = settings.stale_after_seconds + 2
+    requeue = make_job(state=JobState.running, stale_by=stale, attempts=1, lease="a", worker="gone")
+    give_up = make_job(state=JobState.running, stale_by=stale, attempts=settings.max_attempts, lease="b")
+    cancel = make_job(state=JobState.cancelling, stale_by=stale, attempts=1, lease="c")
+    alive = make_job(state=JobState.running, stale_by=0, attempts=1, lease="d")
+    done = make_job(state=JobState.succeeded, stale_by=stale, attempts=1)
+
+    actions = reap(sessions, settings, celery)
+
+    assert actions == {requeue: "requeued", give_up: "failed", cancel: "cancelled"}
+    row = job_row(sessions, requeue)
+    assert (row.state, row.lease, row.worker, row.attempts) == (JobState.queued, None, None, 1)
+    assert "requeued after its worker stopped (attempt 1 of 3)" in row.message
+    messages = queued_messages(settings)
+    assert len(messages) == 1 and requeue in messages[0] and "pole.run_job" in messages[0]
+    failed = job_row(sessions, give_up)
+    assert failed.state == JobState.failed and failed.finished_at is not None
+    assert failed.error.startswith(f"gave up after {settings.max_attempts} attempt(s)")
+    assert "stopped sending heartbeats" in failed.error
+    assert job_row(sessions, cancel).state == JobState.cancelled
+    assert job_row(sessions, alive).state == JobState.running
+    assert job_row(sessions, done).state == JobState.succeeded
+    assert reap(sessions, settings, celery) == {}  # nothing is acted on twice
+
+
+def test_a_starting_worker_recovers_only_its_own_jobs(settings, sessions, make_job, celery):
+    mine = make_job(state=JobState.running, stale_by=0, attempts=1, lease="a", worker="w1")
+    theirs = make_job(state=JobState.running, stale_by=0, attempts=1, lease="b", worker="w2")
+    assert reap(sessions, settings, celery, worker="w1") == {mine: "requeued"}
+    assert job_row(sessions, theirs).state == JobState.running
+
+
+def test_a_requeued_job_nobody_took_is_sent_again(settings, sessions, make_job, celery):
+    job_id = make_job(state=JobState.queued, stale_by=settings.stale_after_seconds + 1)
+    never_run = make_job(state=JobState.queued)  # no heartbeat yet: its first message is in the queue
+    assert reap(sessions, settings, celery) == {job_id: "resent"}
+    assert reap(sessions, settings, celery) == {}  # not again until another stale period has passed
+    assert job_row(sessions, never_run).heartbeat_at is None
+    assert len(queued_messages(settings)) == 1
