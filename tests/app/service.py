@@ -203,6 +203,8 @@ def wait_for(client: httpx.Client, job_id: str, done, timeout: float = 300, what
         job = client.get(f"/v1/jobs/{job_id}").json()
         if done(job):
             return job
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            raise AssertionError(f"the job ended before {what or 'the condition'} was seen: {job}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or 'the job'}; last seen: {job}")
         time.sleep(0.2)

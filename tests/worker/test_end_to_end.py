@@ -162,12 +162,11 @@ def test_scale_out_job_survives_kill_9_of_its_worker(tmp_path, dataset, scale_ou
         worker = WorkerProcess(settings, tmp_path / "worker.log", name="gpu-1@rack").start()
         try:
             dataset_id = upload(alice, zip_path).json()["id"]
-            body = {"dataset_id": dataset_id, "preset": "cpu-small", "config": FAST_CONFIG}
+            # train_pole made long enough to be caught in the middle, after the stages before it finished.
+            config = {**FAST_CONFIG, "train_pole": {"epochs": 10, "batch_size": 2}}
+            body = {"dataset_id": dataset_id, "preset": "cpu-small", "config": config}
             job_id = alice.post("/v1/jobs", json=body).json()["id"]
-            # Kill it once a stage has finished, in the middle of the next one.
-            before = wait_for(
-                alice, job_id, lambda j: j["stage"] == "train_pole" and j["stage_progress"] > 0, 300, "train_pole"
-            )
+            before = wait_for(alice, job_id, lambda j: j["stage"] == "train_pole", 300, "train_pole")
             worker.kill()
             first_stage = before["stages"][0]
             assert first_stage["name"] == "train_cam" and first_stage["state"] == "finished"
