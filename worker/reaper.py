@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery, bootsteps
+from kombu.exceptions import OperationalError as BrokerUnreachable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -27,18 +28,28 @@ from worker.jobs import TRANSIENT_ERRORS
 log = logging.getLogger("pole.reaper")
 
 
-def reap(sessions: sessionmaker[Session], settings: Settings, celery: Celery, worker: str | None = None) -> dict:
+def reap(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    celery: Celery,
+    worker: str | None = None,
+    started_at: datetime | None = None,
+) -> dict:
     """Act on every job whose worker is gone; returns {job id: action}.
 
-    Gone: its heartbeat is older than `stale_after_seconds`, or (when `worker` is given, at that
-    worker's start) it is marked as running on `worker`. Running jobs are requeued, or failed past
+    Gone: its heartbeat is older than `stale_after_seconds`; or, when `worker` is given (by that
+    worker, just started at `started_at`), it is marked as running on `worker` by an earlier life
+    of it (last heartbeat before `started_at`). Running jobs are requeued, or failed past
     `max_attempts`; cancelling ones become cancelled. A requeued job still queued a stale period
     later is sent again, in case its message was lost (a duplicate finds the job taken and does nothing).
     """
     now = utcnow()
     stale = Job.heartbeat_at < now - timedelta(seconds=settings.stale_after_seconds)
     live = Job.state.in_([JobState.running, JobState.cancelling])
-    gone = live & (Job.worker == worker) if worker else (live & stale) | ((Job.state == JobState.queued) & stale)
+    if worker:
+        gone = live & (Job.worker == worker) & (Job.heartbeat_at < (started_at or now))
+    else:
+        gone = (live & stale) | ((Job.state == JobState.queued) & stale)
     with sessions() as session:
         rows = session.execute(select(Job.id, Job.state, Job.lease, Job.attempts, Job.heartbeat_at).where(gone)).all()
     actions = {}
@@ -54,11 +65,16 @@ def reap(sessions: sessionmaker[Session], settings: Settings, celery: Celery, wo
                 .where(Job.heartbeat_at.is_(None) if heartbeat is None else Job.heartbeat_at == heartbeat)
                 .values(**values)
             ).rowcount
-        if changed:
-            if action in ("requeued", "resent"):
+        if not changed:
+            continue
+        log.warning("job %s: worker gone (last heartbeat %s); %s", job_id, heartbeat, action)
+        actions[job_id] = action
+        if action in ("requeued", "resent"):
+            try:
                 send_run_job(celery, job_id)
-            log.warning("job %s: worker gone (last heartbeat %s); %s", job_id, heartbeat, action)
-            actions[job_id] = action
+            except BrokerUnreachable as err:
+                # Queued in the database already: the next sweep after a stale period sends it again.
+                log.error("job %s: queue unreachable (%s); will send it again later", job_id, err)
     return actions
 
 
@@ -98,23 +114,23 @@ class ReaperStep(bootsteps.StartStopStep):
         self._thread: threading.Thread | None = None
 
     def start(self, worker) -> None:
+        started_at = utcnow()  # jobs this worker claims from now on are not its previous life's
+        self._thread = threading.Thread(target=self._loop, args=(worker, started_at), name="pole-reaper", daemon=True)
+        self._thread.start()
+
+    def _loop(self, worker, started_at: datetime) -> None:
         settings: Settings = worker.app.conf.pole_settings
         # NullPool: no connection stays open in this process for a forked pool child to inherit.
         sessions = make_sessionmaker(create_db_engine(settings.database_url, poolclass=NullPool))
-        reap(sessions, settings, worker.app, worker=worker.hostname)
-        self._thread = threading.Thread(
-            target=self._loop, args=(sessions, settings, worker.app), name="pole-reaper", daemon=True
-        )
-        self._thread.start()
-
-    def _loop(self, sessions, settings: Settings, celery: Celery) -> None:
-        while not self._stop.wait(settings.reaper_interval_seconds):
+        own_jobs = worker.hostname  # first sweep: what this worker's previous life left running
+        while True:
             try:
-                reap(sessions, settings, celery)
+                reap(sessions, settings, worker.app, worker=own_jobs, started_at=started_at)
+                own_jobs = None
             except TRANSIENT_ERRORS as err:
-                log.warning(
-                    "reaper: database unreachable (%s); next sweep in %ss", err, settings.reaper_interval_seconds
-                )
+                log.warning("reaper: database unreachable (%s); trying again", err)
+            if self._stop.wait(settings.reaper_interval_seconds):
+                return
 
     def stop(self, worker) -> None:
         self._stop.set()

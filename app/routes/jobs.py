@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from app.deps import CeleryDep, CurrentKey, OwnedJob, PageParams, SessionDep, SettingsDep
 from app.jobs import cancel_job, create_job, job_out
@@ -41,7 +42,7 @@ def list_jobs(
     dataset_id: str | None = None,
     state: Annotated[JobState | None, Query()] = None,
 ) -> dict:
-    query = select(Job).where(Job.owner_id == key.id)
+    query = select(Job).where(Job.owner_id == key.id).options(selectinload(Job.stages), selectinload(Job.metrics))
     if dataset_id:
         query = query.where(Job.dataset_id == dataset_id)
     if state:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.models import JobState
+from app.models import JobState, utcnow
 from tests.worker.conftest import job_row
 from worker.reaper import reap
 
@@ -38,11 +38,14 @@ def test_stale_jobs_are_requeued_failed_or_cancelled(settings, sessions, make_jo
     assert reap(sessions, settings, celery) == {}  # nothing is acted on twice
 
 
-def test_a_starting_worker_recovers_only_its_own_jobs(settings, sessions, make_job, celery):
-    mine = make_job(state=JobState.running, stale_by=0, attempts=1, lease="a", worker="w1")
-    theirs = make_job(state=JobState.running, stale_by=0, attempts=1, lease="b", worker="w2")
-    assert reap(sessions, settings, celery, worker="w1") == {mine: "requeued"}
+def test_a_starting_worker_recovers_only_what_its_previous_life_ran(settings, sessions, make_job, celery):
+    mine = make_job(state=JobState.running, stale_by=1, attempts=1, lease="a", worker="w1")
+    theirs = make_job(state=JobState.running, stale_by=1, attempts=1, lease="b", worker="w2")
+    started_at = utcnow()
+    claimed_since = make_job(state=JobState.running, stale_by=0, attempts=1, lease="c", worker="w1")
+    assert reap(sessions, settings, celery, worker="w1", started_at=started_at) == {mine: "requeued"}
     assert job_row(sessions, theirs).state == JobState.running
+    assert job_row(sessions, claimed_since).state == JobState.running
 
 
 def test_a_requeued_job_nobody_took_is_sent_again(settings, sessions, make_job, celery):
