@@ -104,8 +104,14 @@ class JobRun:
         log.info("job %s: attempt with lease %s", self.job_id, self.lease)
 
         def on_progress(stage: str, fraction: float, message: str) -> None:
-            self._write(stage=stage, stage_progress=fraction, progress=overall_progress(config, stage, fraction),
-                        message=message[:255] or None, heartbeat_at=utcnow())  # fmt: skip
+            overall = overall_progress(config, stage, fraction)
+            self._write(
+                stage=stage,
+                stage_progress=fraction,
+                progress=overall,
+                message=message[:255] or None,
+                heartbeat_at=utcnow(),
+            )
 
         heartbeat = _Heartbeat(self, self.settings.heartbeat_seconds)
         heartbeat.start()
@@ -133,8 +139,9 @@ class JobRun:
             self._finish_failed(f"the dataset can no longer be read: {err}")
             return
         except Exception as err:  # the job's outer boundary: whatever a stage raised ends the job, with its reason
-            log.exception("job %s failed in stage %s", self.job_id, self.stage)
-            self._finish_failed(f"stage {self.stage} failed: {type(err).__name__}: {err}")
+            where = f"stage {self.stage}" if self.stage else "preparing the run"
+            log.exception("job %s failed in %s", self.job_id, where)
+            self._finish_failed(f"{where} failed: {type(err).__name__}: {err}")
             return
         finally:
             heartbeat.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Annotated
 
 import numpy as np
@@ -96,12 +95,6 @@ def get_job_image(image_id: str, job: OwnedJob, session: SessionDep) -> JobImage
     )
 
 
-def _png(image) -> Response:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return Response(buffer.getvalue(), media_type="image/png")
-
-
 def _result_file(job: Job, image_id: str, path, what: str):
     _require_succeeded(job, what)
     if image_id in job.failed_images:
@@ -126,26 +119,26 @@ def get_mask(image_id: str, job: OwnedJob, session: SessionDep, settings: Settin
 def get_overlay(image_id: str, job: OwnedJob, session: SessionDep, settings: SettingsDep) -> Response:
     """The image with its pseudo mask blended over it."""
     from ml.data.images import read_image, read_mask
-    from ml.overlays import mask_overlay
+    from ml.overlays import mask_overlay_png
 
     row = _job_image(session, job, image_id)
     mask = _result_file(job, image_id, mask_path(settings, job.id, image_id), "mask")
     image = read_image(dataset_dir(settings, job.dataset.path) / row.file)
-    return _png(mask_overlay(image, read_mask(mask)))
+    return Response(mask_overlay_png(image, read_mask(mask)), media_type="image/png")
 
 
 @router.get("/images/{image_id}/cams.png", response_class=Response, responses=PNG)
 def get_cams(image_id: str, job: OwnedJob, session: SessionDep, settings: SettingsDep) -> Response:
     """One heat map per tagged class: the class activation maps the masks grew from."""
     from ml.data.images import read_image
-    from ml.overlays import cam_heatmaps
+    from ml.overlays import cam_heatmaps_png
 
     row = _job_image(session, job, image_id)
     path = _result_file(job, image_id, cams_path(settings, job.id, image_id), "class activation maps")
     with np.load(path) as cams:
         keys, maps = cams["keys"], cams["cam"].astype(np.float32)
     image = read_image(dataset_dir(settings, job.dataset.path) / row.file)
-    return _png(cam_heatmaps(image, maps, keys, job.dataset.classes))
+    return Response(cam_heatmaps_png(image, maps, keys, job.dataset.classes), media_type="image/png")
 
 
 @router.get("/metrics", response_model=MetricsOut)
