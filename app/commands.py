@@ -25,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="a worker that runs queued jobs (start several to scale out)")
-    p.add_argument("--name", default=f"pole@{socket.gethostname()}", help="unique per worker (default pole@HOST)")
+    p.add_argument(
+        "--name",
+        default=f"pole@{socket.gethostname()}",
+        help="unique per worker, stable across restarts (default pole@HOST; give each worker on one machine its own)",
+    )
     p.add_argument("--concurrency", type=int, default=1, help="jobs at once (default 1: one job per GPU)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)

@@ -3,8 +3,10 @@
 A requeued job resumes from its last finished stage (the stages skip what is on disk). Each
 worker runs the reaper in a thread of its main process; every change is a compare-and-set on the
 job's lease, so several reapers, or a reaper racing a live worker, can never both act on a job.
-A worker also recovers, at start, the jobs its own name was running: it cannot be running them
-any more, so there is no need to wait for their heartbeats to go stale.
+A worker also recovers, soon after it starts, the jobs its own name was running whose heartbeat
+has not moved since it started: its previous life left them, and there is no need to wait for
+their heartbeats to go stale. (Two live workers sharing a name keep each other's jobs beating, so
+even that mistake costs nothing.)
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ def _release(state: str, attempts: int, heartbeat, max_attempts: int) -> tuple[d
 class ReaperStep(bootsteps.StartStopStep):
     """Runs `reap` in the worker's main process: once for this worker's own jobs, then periodically."""
 
+    # Long enough for any live holder of a job to have written a heartbeat since this worker started.
+    HEARTBEATS_BEFORE_RECOVERY = 2
+
     requires = {"celery.worker.components:Pool"}
 
     def __init__(self, worker, **kwargs):
@@ -123,6 +128,8 @@ class ReaperStep(bootsteps.StartStopStep):
         # NullPool: no connection stays open in this process for a forked pool child to inherit.
         sessions = make_sessionmaker(create_db_engine(settings.database_url, poolclass=NullPool))
         own_jobs = worker.hostname  # first sweep: what this worker's previous life left running
+        if self._stop.wait(self.HEARTBEATS_BEFORE_RECOVERY * settings.heartbeat_seconds):
+            return
         while True:
             try:
                 reap(sessions, settings, worker.app, worker=own_jobs, started_at=started_at)
