@@ -14,12 +14,16 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from ml.models.irn import displacements, path_affinities
 
 
 def affinity_pairs(boundary: torch.Tensor, beta: float, radius: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(h, w) boundary -> (rows, cols, weights): every nonzero A_ij, both directions and self-loops."""
+    """(h, w) boundary -> (rows, cols, weights): every A_ij inside the map, both directions and self-loops.
+
+    An edge list, built independently of `transition_matrix`, for the dense reference.
+    """
     height, width = boundary.shape
     affinities = path_affinities(boundary[None], radius)[0]  # (D, h, w)
     index = torch.arange(height * width, device=boundary.device).view(height, width)
@@ -41,20 +45,37 @@ def affinity_pairs(boundary: torch.Tensor, beta: float, radius: int) -> tuple[to
 def transition_matrix(boundary: torch.Tensor, beta: float, radius: int) -> torch.Tensor:
     """Sparse CSR (N, N) P = D^-1 A: one step of the walk maps scores X (N, C) to P @ X.
 
-    P is T transposed (A is symmetric, so its column sums are its row sums D).
+    P is T transposed (A is symmetric, so its column sums are its row sums D). Each row is built
+    in place from the pixel's partners (itself, i + d and i - d for every displacement d), taken
+    in order of their flat offset, which is column order: no sort and no edge list.
     """
-    size = boundary.numel()
-    rows, cols, weights = affinity_pairs(boundary, beta, radius)
-    degree = torch.zeros(size, dtype=weights.dtype, device=weights.device).index_add_(0, rows, weights)
-    order = torch.argsort(rows * size + cols)
-    row_starts = torch.zeros(size + 1, dtype=torch.int64, device=rows.device)
-    row_starts[1:] = torch.cumsum(torch.bincount(rows, minlength=size), 0)
+    height, width = boundary.shape
+    weights = path_affinities(boundary[None], radius)[0] ** beta  # (D, h, w): pair (p, p + d); 0 off the map
+    ys = torch.arange(height, device=boundary.device).view(-1, 1)
+    xs = torch.arange(width, device=boundary.device).view(1, -1)
+    partners = [(0, torch.ones_like(boundary, dtype=torch.bool), torch.ones_like(boundary))]
+    for d, (dy, dx) in enumerate(displacements(radius)):
+        partners.append((dy * width + dx, (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width), weights[d]))
+        # the pair (p - d, p) seen from p: its weight sits at p - d
+        shifted = F.pad(weights[d], (max(dx, 0), max(-dx, 0), dy, 0))[:height, max(-dx, 0) : max(-dx, 0) + width]
+        partners.append((-(dy * width + dx), (ys >= dy) & (xs - dx >= 0) & (xs - dx < width), shifted))
+    partners.sort(key=lambda partner: partner[0])
+    offsets = torch.tensor([p[0] for p in partners], device=boundary.device)
+    inside = torch.stack([p[1].expand(height, width) for p in partners], dim=-1).view(-1, len(partners))  # (N, K)
+    values = torch.stack([p[2] for p in partners], dim=-1).view(-1, len(partners))  # (N, K)
+    del partners, weights
+    values /= values.sum(dim=1, keepdim=True)  # entries off the map are 0 and add nothing
+    # int32 indices (half the memory of int64) hold any grid of under 2**31 entries
+    index_type = torch.int32 if inside.numel() < 2**31 else torch.int64
+    row_starts = torch.zeros(height * width + 1, dtype=index_type, device=boundary.device)
+    row_starts[1:] = torch.cumsum(inside.sum(dim=1), 0)
+    columns = torch.arange(height * width, dtype=index_type, device=boundary.device).view(-1, 1)
+    columns = (columns + offsets.to(index_type))[inside]  # (nnz,) row by row, each row in column order
+    values = values[inside]
     with warnings.catch_warnings():
         # CSR matrix-times-dense is stable and exactly what is needed; torch only flags the layout as beta.
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            row_starts, cols[order], (weights / degree[rows])[order], (size, size), check_invariants=False
-        )
+        return torch.sparse_csr_tensor(row_starts, columns, values, (height * width,) * 2, check_invariants=False)
 
 
 def random_walk(scores: torch.Tensor, boundary: torch.Tensor, beta: float, exp_times: int, radius: int) -> torch.Tensor:
