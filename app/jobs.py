@@ -21,6 +21,8 @@ from worker.celery_app import send_run_job
 
 log = logging.getLogger("pole.api")
 
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
 
 def create_job(
     session: Session, settings: Settings, celery: Celery, *, owner: ApiKey, body: JobCreate, idempotency_key: str | None
@@ -49,6 +51,8 @@ def create_job(
     except ConfigError as err:
         raise ApiError(422, f"config refused: {err}") from err
     resolved = config_to_dict(config)
+    if not settings.allow_weight_files:
+        _refuse_weight_files(resolved["models"])
     job = Job(
         owner_id=owner.id,
         dataset_id=dataset.id,
@@ -78,6 +82,18 @@ def create_job(
         session.commit()
         raise ApiError(503, "the job queue is unreachable right now; nothing was created, try again") from err
     return job, True
+
+
+def _refuse_weight_files(models: dict) -> None:
+    """A client may name weight tags, not files: a path would make workers open files on their own disks."""
+    for key in ("clip_pretrained", "cam_weights", "irn_weights"):
+        value = str(models[key])
+        if "/" in value or "\\" in value or value.startswith(("~", ".")) or value.endswith(WEIGHT_FILE_SUFFIXES):
+            raise ApiError(
+                422,
+                f"models.{key}={value!r}: weight files cannot be named through the API; use a tag "
+                "(e.g. random, imagenet, openai) or have the operator set POLE_ALLOW_WEIGHT_FILES=1",
+            )
 
 
 def _job_for_key(session: Session, owner_id: int, key: str | None, request_hash: str) -> Job | None:

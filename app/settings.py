@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     # Deployments sharing one Redis need distinct queue names (also used as their Redis key prefix).
     queue: str = Field(default="pole", pattern=r"^[A-Za-z0-9_.-]+$")
     default_preset: str = "paper"
+    # Whether job configs may name weight files (models.*) on the workers' disks; tags only when false.
+    allow_weight_files: bool = False
 
     # Uploads: the request body is counted as it streams to disk; past this the answer is 413.
     max_upload_bytes: int = Field(default=2 * GiB, gt=0)

@@ -71,6 +71,8 @@ def test_a_job_is_created_with_its_resolved_config(alice, dataset_id):
         ({"config": {"trian_cam": {}}}, "unknown key(s) trian_cam"),
         ({"synonyms": {"dragon": ["wyrm"]}}, "not in the dataset: dragon"),
         ({"colour": "red"}, "colour: Extra inputs are not permitted"),
+        ({"config": {"models": {"cam_weights": "/etc/passwd"}}}, "weight files cannot be named through the API"),
+        ({"config": {"models": {"clip_pretrained": "evil.pt"}}}, "POLE_ALLOW_WEIGHT_FILES=1"),
     ],
 )
 def test_bad_job_requests_say_what_to_fix(alice, dataset_id, body, phrase):

@@ -94,7 +94,7 @@ def check_round_trip(client, job: dict, tags: dict[str, list[str]], failed: set[
 
 def test_embedded_service_runs_cancels_and_fails_jobs(tmp_path, dataset):
     zip_path, tags = dataset
-    settings = make_settings(tmp_path / "data")
+    settings = make_settings(tmp_path / "data", allow_weight_files=True)  # to ask for a missing one
     with ApiServer(settings) as api, api.client(new_key(settings, "alice")) as alice:
         worker = WorkerProcess(settings, tmp_path / "worker.log").start()
         try:
