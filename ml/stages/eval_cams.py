@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from ml.cam_files import cam_path, load_cams
-from ml.data.images import read_mask
+from ml.data.images import ImageError, read_mask
 from ml.metrics import SplitConfusion, ThresholdSweep, cam_labels, sweep_thresholds
 from ml.runtime import StageContext, atomic_dir, write_json, write_stage_record
 
@@ -26,10 +26,15 @@ def run(ctx: StageContext) -> None:
         num_labels = dataset.num_classes + 1
         headline = SplitConfusion(num_labels)
         sweep = ThresholdSweep(sweep_thresholds(*config.sweep), num_labels)
+        unscored: dict[str, str] = {}
         for index, record in enumerate(scored):
             if index % 16 == 0:
                 ctx.check_cancel()
-            gt = read_mask(record.mask)
+            try:
+                gt = read_mask(record.mask)
+            except ImageError as err:  # the image keeps its pseudo mask; only its score is missing
+                unscored[record.id] = f"ground truth unreadable: {err}"
+                continue
             cams = load_cams(cam_path(ctx.out, record.id))
             headline.add(record.split, gt, cam_labels(cams.cam, cams.keys, config.cam_bg_threshold))
             sweep.add(gt, cams.cam, cams.keys)
@@ -39,6 +44,7 @@ def run(ctx: StageContext) -> None:
             "threshold": config.cam_bg_threshold,
             **headline.report(dataset.classes),
             "sweep": sweep.report(dataset.classes),
+            "unscored": unscored,
         }
         write_json(out / "metrics.json", metrics)
-        write_stage_record(out, ctx, images=len(scored), config=dataclasses.asdict(config))
+        write_stage_record(out, ctx, images=len(scored) - len(unscored), config=dataclasses.asdict(config))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ml.data.images import read_mask
+from ml.data.images import ImageError, read_mask
 from ml.metrics import SplitConfusion
 from ml.runtime import StageContext, atomic_dir, write_json, write_stage_record
 
@@ -23,11 +23,22 @@ def run(ctx: StageContext) -> None:
             write_stage_record(out, ctx, images=0)
             return
         confusion = SplitConfusion(ctx.dataset.num_classes + 1)
+        unscored: dict[str, str] = {}
         for index, record in enumerate(scored):
             if index % 16 == 0:
                 ctx.check_cancel()
-            confusion.add(record.split, read_mask(record.mask), read_mask(masks / f"{record.id}.png"))
+            try:
+                gt = read_mask(record.mask)
+            except ImageError as err:  # the image keeps its pseudo mask; only its score is missing
+                unscored[record.id] = f"ground truth unreadable: {err}"
+                continue
+            confusion.add(record.split, gt, read_mask(masks / f"{record.id}.png"))
             ctx.progress((index + 1) / len(scored), f"{index + 1}/{len(scored)} images")
-        metrics = {"has_ground_truth": True, "masks": masks.name, **confusion.report(ctx.dataset.classes)}
+        metrics = {
+            "has_ground_truth": True,
+            "masks": masks.name,
+            **confusion.report(ctx.dataset.classes),
+            "unscored": unscored,
+        }
         write_json(out / "metrics.json", metrics)
-        write_stage_record(out, ctx, images=len(scored))
+        write_stage_record(out, ctx, images=len(scored) - len(unscored))

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -101,3 +103,37 @@ def test_sweep_matches_scoring_each_threshold_alone():
         alone = sum(confusion_matrix(g, cam_labels(c, k, row["threshold"]), 4) for g, c, k in images)
         assert row["miou"] == pytest.approx(scores(alone, ["a", "b", "c"])["miou"])
     assert report["best"]["miou"] == max(r["miou"] for r in report["thresholds"])
+
+
+def test_eval_stages_score_files_per_split_and_list_unreadable_ground_truth(tmp_path):
+    from ml.cam_files import save_cams
+    from ml.config import resolve_config
+    from ml.data import Dataset, ImageRecord
+    from ml.data.palette import save_mask_png
+    from ml.runtime import StageContext
+    from ml.stages import eval_cams, eval_masks
+
+    run = tmp_path / "run"
+    for stage in ("make_cams", "refine"):
+        (run / stage).mkdir(parents=True)
+    gt = np.array([[0, 1, 1], [2, 2, 0]], np.uint8)
+    cams = np.array([[[0.1, 0.9, 0.2], [0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [0.5, 0.12, 0.0]]], np.float32)
+    records = []
+    for image_id, split in (("t1", "train"), ("v1", "val"), ("bad", "val")):
+        save_mask_png(gt, tmp_path / f"{image_id}_gt.png")
+        save_cams(run / "make_cams" / f"{image_id}.npz", np.array([1, 2]), cams, cams)
+        save_mask_png(gt if split == "train" else np.zeros_like(gt), run / "refine" / f"{image_id}.png")
+        records.append(ImageRecord(image_id, tmp_path / "x.jpg", (1, 2), tmp_path / f"{image_id}_gt.png", split))
+    (tmp_path / "bad_gt.png").write_bytes(b"damaged")
+    dataset = Dataset(tmp_path, "manifest", ["a", "b"], records)
+    config = resolve_config("cpu-small")
+    eval_cams.run(StageContext(dataset, run, config, stage="eval_cams"))
+    eval_masks.run(StageContext(dataset, run, config, stage="eval_masks"))
+    cam_metrics = json.loads((run / "eval_cams" / "metrics.json").read_text())
+    mask_metrics = json.loads((run / "eval_masks" / "metrics.json").read_text())
+    # CAMs at 0.15: [[0, 1, 1], [2, 0, 0]] on both images: b loses one pixel to background
+    expected = scores(2 * confusion_matrix(gt, np.array([[0, 1, 1], [2, 0, 0]]), 3), ["a", "b"])
+    assert cam_metrics["miou"] == pytest.approx(expected["miou"]) and cam_metrics["images"] == 2
+    assert cam_metrics["splits"]["val"]["images"] == 1 and set(cam_metrics["unscored"]) == {"bad"}
+    assert mask_metrics["splits"]["train"]["miou"] == pytest.approx(1.0)
+    assert mask_metrics["splits"]["val"]["iou"] == {"background": pytest.approx(2 / 6), "a": 0.0, "b": 0.0}
