@@ -124,38 +124,16 @@ def cancel_job(session: Session, job: Job) -> Job:
 
 def job_out(job: Job) -> JobOut:
     base = f"/v1/jobs/{job.id}"
-    return JobOut(
-        id=job.id,
-        dataset_id=job.dataset_id,
-        state=job.state,
-        preset=job.preset,
-        stage=job.stage,
-        stage_progress=job.stage_progress,
-        progress=job.progress,
-        message=job.message,
-        stages=[
-            StageOut(name=s.name, state=s.state, started_at=s.started_at, finished_at=s.finished_at) for s in job.stages
-        ],
-        attempts=job.attempts,
-        error=job.error,
-        config=job.config,
-        seed=job.seed,
-        models=job.models,
-        checkpoints=job.checkpoints,
-        failed_images=job.failed_images,
-        metrics=stage_metrics_out(job),
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        heartbeat_at=job.heartbeat_at,
-        links={
+    derived = {
+        "stages": [StageOut.model_validate(stage) for stage in job.stages],
+        "metrics": stage_metrics_out(job),
+        "links": {
             "self": base,
-            "cancel": f"{base}/cancel",
-            "archive": f"{base}/archive",
-            "selections": f"{base}/selections",
-            "metrics": f"{base}/metrics",
+            **{name: f"{base}/{name}" for name in ("cancel", "archive", "selections", "metrics")},
         },
-    )
+    }
+    columns = {name: getattr(job, name) for name in JobOut.model_fields if name not in derived}
+    return JobOut(**columns, **derived)
 
 
 def stage_metrics_out(job: Job) -> dict[str, StageMetricsOut]:

@@ -49,6 +49,8 @@ class JobCreate(BaseModel):
 
 
 class StageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     state: str
     started_at: datetime | None
