@@ -218,3 +218,37 @@ def data_dir_listing(settings: Settings) -> set[str]:
         for p in settings.data_dir.rglob("*")
         if p.name not in ignored and settings.broker_dir not in p.parents and p != settings.broker_dir
     }
+
+
+def job_routes(job_id: str, image: str) -> list[tuple[str, str]]:
+    base = f"/v1/jobs/{job_id}"
+    return [
+        ("GET", base),
+        ("POST", f"{base}/cancel"),
+        ("GET", f"{base}/archive"),
+        ("GET", f"{base}/selections"),
+        ("GET", f"{base}/metrics"),
+        ("GET", f"{base}/images/{image}"),
+        ("GET", f"{base}/images/{image}/mask.png"),
+        ("GET", f"{base}/images/{image}/overlay.png"),
+        ("GET", f"{base}/images/{image}/cams.png"),
+    ]
+
+
+def dataset_routes(dataset_id: str) -> list[tuple[str, str]]:
+    return [
+        ("GET", f"/v1/datasets/{dataset_id}"),
+        ("GET", f"/v1/datasets/{dataset_id}/images"),
+        ("DELETE", f"/v1/datasets/{dataset_id}"),
+    ]
+
+
+def assert_invisible_to(other, dataset_id: str, job_id: str, image: str) -> None:
+    """`other` gets 404 for the dataset and the job on every route, and lists neither."""
+    for method, path in dataset_routes(dataset_id) + job_routes(job_id, image):
+        response = other.request(method, path)
+        assert response.status_code == 404, (method, path, response.text)
+    assert other.post("/v1/jobs", json={"dataset_id": dataset_id}).status_code == 404
+    assert other.get("/v1/datasets").json()["items"] == []
+    assert other.get("/v1/jobs").json()["items"] == []
+    assert other.get("/v1/jobs", params={"dataset_id": dataset_id}).json()["items"] == []

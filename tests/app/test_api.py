@@ -7,7 +7,7 @@ import pytest
 from app.db import create_db_engine, make_sessionmaker, session_scope
 from app.security import revoke_key
 from tests.app.conftest import new_key
-from tests.app.service import ApiServer, make_settings, upload
+from tests.app.service import ApiServer, assert_invisible_to, make_settings, upload
 
 
 @pytest.fixture
@@ -125,40 +125,6 @@ def test_a_dataset_in_use_cannot_be_deleted_until_its_jobs_end(alice, settings, 
     assert alice.get(f"/v1/datasets/{dataset_id}").status_code == 404
     assert alice.get(f"/v1/jobs/{job_id}").status_code == 404
     assert not (settings.datasets_dir / dataset_id).exists()
-
-
-def job_routes(job_id: str, image: str) -> list[tuple[str, str]]:
-    base = f"/v1/jobs/{job_id}"
-    return [
-        ("GET", base),
-        ("POST", f"{base}/cancel"),
-        ("GET", f"{base}/archive"),
-        ("GET", f"{base}/selections"),
-        ("GET", f"{base}/metrics"),
-        ("GET", f"{base}/images/{image}"),
-        ("GET", f"{base}/images/{image}/mask.png"),
-        ("GET", f"{base}/images/{image}/overlay.png"),
-        ("GET", f"{base}/images/{image}/cams.png"),
-    ]
-
-
-def dataset_routes(dataset_id: str) -> list[tuple[str, str]]:
-    return [
-        ("GET", f"/v1/datasets/{dataset_id}"),
-        ("GET", f"/v1/datasets/{dataset_id}/images"),
-        ("DELETE", f"/v1/datasets/{dataset_id}"),
-    ]
-
-
-def assert_invisible_to(other, dataset_id: str, job_id: str, image: str) -> None:
-    """`other` gets 404 for the dataset and the job on every route, and lists neither."""
-    for method, path in dataset_routes(dataset_id) + job_routes(job_id, image):
-        response = other.request(method, path)
-        assert response.status_code == 404, (method, path, response.text)
-    assert other.post("/v1/jobs", json={"dataset_id": dataset_id}).status_code == 404
-    assert other.get("/v1/datasets").json()["items"] == []
-    assert other.get("/v1/jobs").json()["items"] == []
-    assert other.get("/v1/jobs", params={"dataset_id": dataset_id}).json()["items"] == []
 
 
 def test_keys_see_nothing_of_each_other(alice, bob, dataset_id):

@@ -23,6 +23,7 @@ from tests.app.service import (
     REDIS_URL,
     ApiServer,
     WorkerProcess,
+    assert_invisible_to,
     create_postgres_database,
     drop_postgres_database,
     drop_redis_keys,
@@ -33,7 +34,6 @@ from tests.app.service import (
     upload,
     wait_for,
 )
-from tests.app.test_api import assert_invisible_to
 
 IMAGES = 6
 
