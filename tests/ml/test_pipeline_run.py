@@ -51,7 +51,9 @@ def one_pass_at_a_time(net: CamNet, image: np.ndarray, keys, scales) -> tuple[to
     return tuple(m / (m.flatten(1).amax(1).view(-1, 1, 1) + 1e-5) for m in (full, strided))
 
 
-def test_batched_cams_equal_one_pass_at_a_time():
+@pytest.mark.parametrize("pass_pixels", [make_cams.CPU_PASS_PIXELS, 3000])  # 3000: larger scales split
+def test_batched_cams_equal_one_pass_at_a_time(monkeypatch, pass_pixels):
+    monkeypatch.setattr(make_cams, "CPU_PASS_PIXELS", pass_pixels)
     torch.manual_seed(0)
     net = CamNet("resnet18", 4).eval()
     rng = np.random.default_rng(0)
