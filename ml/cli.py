@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ml import world_cli
 from ml.config import ConfigError, available_presets, load_config_file, resolve_config
 from ml.data import DatasetError
 
@@ -43,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", choices=STAGE_NAMES)
     _dataset_args(p)
     p.set_defaults(func=cmd_stage)
+
+    world_cli.register(sub)
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:

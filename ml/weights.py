@@ -13,6 +13,7 @@ reachability probe runs before any download.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import asdict, dataclass
@@ -118,7 +119,9 @@ def register_shipped_clip_configs() -> None:
     """Make open_clip know the model configs pole ships (ml/assets/*.json)."""
     import open_clip
 
-    if not all(p.stem in open_clip.list_models() for p in ASSETS.glob("*.json")):
+    # Only model configs count: a checkpoint's provenance JSON also lives in assets/.
+    configs = [p for p in ASSETS.glob("*.json") if "embed_dim" in json.loads(p.read_text())]
+    if not all(p.stem in open_clip.list_models() for p in configs):
         open_clip.add_model_config(ASSETS)
 
 

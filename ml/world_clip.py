@@ -1,0 +1,507 @@
+"""A tiny CLIP trained by pole on the sample world (`pole world train-clip`), shipped as "pole-tiny"/"pole-world".
+
+No pretrained CLIP can be downloaded here, so pole trains open_clip's own model classes and tokenizer
+on views of rendered world scenes, contrastively against captions made of the world's words.
+
+What the views are for: POLE shows CLIP an image multiplied by a coarse CAM (background black),
+the same image with the CAM cut out, and asks how much a foreground looks like "a photo of water.".
+So besides object crops and whole scenes, CLIP sees scenes masked by blurry, partial object masks
+and their complements, and context crops. A caption fits a view to the degree its words are seen in
+it: each object's share still visible through the mask and the crop, and the share of the visible
+image that is context (water showing around a blurry boat mask makes "water" fit, a little).
+
+Captions name an object by its variant word (weight 1) or its class word (weight 1/2): the class
+word fits both looks of a class and ends up between them, so the variant word is the better
+match for an object, as POLE expects of real CLIP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from ml.data import world
+from ml.runtime import sha256_file, write_json
+from ml.weights import register_shipped_clip_configs
+
+TEMPLATE = "a photo of {}."  # the pipeline's template (select_prompts / train_pole)
+EXTRA_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of {}.", "{}")
+PAIR_TEMPLATES = ("a {} on {}.", "a photo of a {} on {}.")  # object word, context word
+CLASS_WORD_WEIGHT = 0.6
+CONTEXT_WEIGHT = 0.5  # shared by a context's words, so that four words for water do not outweigh one boat
+VIEW_KINDS = ("crop", "scene", "fg", "bg", "patch")
+VIEW_PROBS = (0.3, 0.15, 0.3, 0.15, 0.1)
+MAX_OBJECTS = max(n for n, _ in world.OBJECT_COUNTS)
+
+
+@dataclass
+class ClipTrainConfig:
+    model: str = "pole-tiny"
+    seed: int = 0
+    world_seed: int = 1000  # training scenes; evaluation scenes use world_seed + 1
+    scenes: int = 8000  # rendered once, then viewed through random crops and masks
+    scene_size: int = 128
+    steps: int = 2500
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 150
+    eval_scenes: int = 400
+    threads: int = 0  # torch CPU threads; 0 keeps torch's setting
+
+
+@dataclass
+class ScenePool:
+    """Rendered scenes as tensors; objects are recovered from the owner map."""
+
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    owner: torch.Tensor  # (N, S, S) uint8: 0 none, o + 1 = object o of the scene
+    context: torch.Tensor  # (N, S, S) bool, visible context pixels
+    context_id: torch.Tensor  # (N,) long, index into CONTEXT_NAMES or -1
+    labels: torch.Tensor  # (N, O) long, class label of object o (0 = no object)
+    variants: torch.Tensor  # (N, O) long, index into VARIANT_WORDS (-1 = no object)
+    boxes: torch.Tensor  # (N, O, 4) float x0, y0, x1, y1
+
+    @property
+    def size(self) -> int:
+        return self.images.shape[-1]
+
+
+CLASS_WORDS = tuple(c.name for c in world.CLASSES)
+VARIANT_WORDS = tuple(v for c in world.CLASSES for v in c.variants)
+CONTEXT_NAMES = tuple(world.CONTEXTS)
+VOCABULARY = CLASS_WORDS + VARIANT_WORDS + tuple(w for words in world.CONTEXTS.values() for w in words)
+
+
+def render_pool(count: int, seed: int, size: int = 128) -> ScenePool:
+    images = np.zeros((count, size, size, 3), np.uint8)
+    owner = np.zeros((count, size, size), np.uint8)
+    context = np.zeros((count, size, size), bool)
+    context_id = np.full(count, -1)
+    labels = np.zeros((count, MAX_OBJECTS), np.int64)
+    variants = np.full((count, MAX_OBJECTS), -1)
+    boxes = np.zeros((count, MAX_OBJECTS, 4), np.float32)
+    for n in range(count):
+        scene = world.render_scene(world.scene_rng(seed, n), size)
+        images[n], context[n] = scene.image, scene.context_mask
+        context_id[n] = CONTEXT_NAMES.index(scene.context) if scene.context else -1
+        for o, obj in enumerate(scene.objects):
+            owner[n][obj.mask] = o + 1
+            labels[n, o], variants[n, o] = obj.label, VARIANT_WORDS.index(obj.variant)
+            boxes[n, o] = obj.box
+    return ScenePool(
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(owner),
+        torch.from_numpy(context),
+        torch.from_numpy(context_id),
+        torch.from_numpy(labels),
+        torch.from_numpy(variants),
+        torch.from_numpy(boxes),
+    )
+
+
+# --- views ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Views:
+    pixels: torch.Tensor  # (B, 3, s, s) in [0, 1], masked and cropped, before normalisation
+    weights: torch.Tensor  # (B, V): how well each VOCABULARY word describes each view
+
+
+def _visible_fraction(x: torch.Tensor) -> torch.Tensor:
+    """How a word's weight grows with the share of an object seen: none below 1/4, full from 3/5."""
+    return ((x - 0.25) / 0.35).clamp(0.0, 1.0)
+
+
+def _soft_masks(objects: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """CAM-like masks of (B, 1, S, S) objects: exact, or blurred at stride 8-16, often cut by a line."""
+    b, _, s, _ = objects.shape
+    blurred = []
+    for stride in (8, 16):
+        coarse = F.avg_pool2d(objects, stride)  # (B, 1, S/stride, S/stride)
+        up = F.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False)
+        blurred.append(up / up.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6))
+    pick = torch.randint(0, 4, (b, 1, 1, 1), generator=gen)  # 0 exact, 1 stride 8, 2-3 stride 16
+    masks = torch.where(pick == 0, objects, torch.where(pick == 1, blurred[0], blurred[1]))
+    gamma = torch.empty(b, 1, 1, 1).uniform_(0.5, 2.0, generator=gen)
+    gain = torch.empty(b, 1, 1, 1).uniform_(0.5, 1.6, generator=gen)  # below 1: dim all over, as an unsure CAM
+    masks = (masks.clamp_min(0) ** gamma * gain).clamp(0, 1)
+    # A partial mask: everything past a random line near the object's centre is lost.
+    yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
+    area = objects.sum(dim=(2, 3)).clamp_min(1)  # (B, 1)
+    cy = (objects[:, 0] * yy).sum(dim=(1, 2)) / area[:, 0]
+    cx = (objects[:, 0] * xx).sum(dim=(1, 2)) / area[:, 0]
+    angle = torch.rand(b, generator=gen) * 2 * math.pi
+    offset = (torch.rand(b, generator=gen) * 0.8 - 0.2) * area[:, 0].sqrt()
+    side = (xx[None] - cx[:, None, None]) * angle.cos()[:, None, None] + (yy[None] - cy[:, None, None]) * angle.sin()[
+        :, None, None
+    ]
+    cut = (side < offset[:, None, None]).float()[:, None]  # (B, 1, S, S)
+    partial = torch.rand(b, 1, 1, 1, generator=gen) < 0.3
+    return torch.where(partial, masks * cut, masks)
+
+
+def _square_boxes(centre: torch.Tensor, side: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 2) centres and (B,) sides -> (B, 4) boxes shifted to lie inside the image where they fit."""
+    side = side.clamp(8, size)
+    x0 = (centre[:, 0] - side / 2).clamp(0, None)
+    y0 = (centre[:, 1] - side / 2).clamp(0, None)
+    x0 = torch.minimum(x0, size - side)
+    y0 = torch.minimum(y0, size - side)
+    return torch.stack([x0, y0, x0 + side, y0 + side], dim=1)
+
+
+def sample_views(pool: ScenePool, batch: int, out_size: int, gen: torch.Generator) -> Views:
+    s = pool.size
+    scene = torch.randint(0, len(pool.images), (batch,), generator=gen)
+    kind = torch.multinomial(torch.tensor(VIEW_PROBS), batch, replacement=True, generator=gen)
+    count = (pool.labels[scene] > 0).sum(dim=1)  # (B,)
+    chosen = (torch.rand(batch, generator=gen) * count).long()  # the view's object
+    owner = pool.owner[scene].long()  # (B, S, S)
+    objects = F.one_hot(owner, MAX_OBJECTS + 1)[..., 1:].permute(0, 3, 1, 2).float()  # (B, O, S, S)
+    target = objects[torch.arange(batch), chosen][:, None]  # (B, 1, S, S)
+
+    soft = _soft_masks(target, gen)
+    mask = torch.ones_like(target)
+    is_fg, is_bg = (kind == VIEW_KINDS.index("fg")), (kind == VIEW_KINDS.index("bg"))
+    mask = torch.where(is_fg[:, None, None, None], soft, mask)
+    mask = torch.where(is_bg[:, None, None, None], 1 - soft, mask)
+
+    # Crops: around the object (crop; half the fg views), the whole scene or most of it, or a patch.
+    box = pool.boxes[scene, chosen]  # (B, 4)
+    centre = (box[:, :2] + box[:, 2:]) / 2
+    extent = (box[:, 2:] - box[:, :2]).amax(dim=1)
+    jitter = (torch.rand(batch, 2, generator=gen) - 0.5) * 0.7 * extent[:, None]
+    around = _square_boxes(centre + jitter, extent * (1.1 + 1.1 * torch.rand(batch, generator=gen)), s)
+    most = _square_boxes(torch.rand(batch, 2, generator=gen) * s, s * (0.6 + 0.4 * torch.rand(batch, generator=gen)), s)
+    patch = _square_boxes(
+        torch.rand(batch, 2, generator=gen) * s, s * (0.2 + 0.35 * torch.rand(batch, generator=gen)), s
+    )
+    whole = torch.tensor([0.0, 0.0, s, s]).expand(batch, 4)
+    use_around = (kind == VIEW_KINDS.index("crop")) | (is_fg & (torch.rand(batch, generator=gen) < 0.4))
+    use_most = (kind == VIEW_KINDS.index("scene")) & (torch.rand(batch, generator=gen) < 0.5)
+    boxes = torch.where(use_around[:, None], around, whole)
+    boxes = torch.where(use_most[:, None], most, boxes)
+    boxes = torch.where((kind == VIEW_KINDS.index("patch"))[:, None], patch, boxes)
+
+    grid = torch.arange(s, dtype=torch.float32) + 0.5
+    in_x = (grid[None] >= boxes[:, 0:1]) & (grid[None] < boxes[:, 2:3])  # (B, S)
+    in_y = (grid[None] >= boxes[:, 1:2]) & (grid[None] < boxes[:, 3:4])
+    seen = mask * (in_y[:, None, :, None] & in_x[:, None, None, :]).float()  # (B, 1, S, S)
+
+    object_share = (seen * objects).sum(dim=(2, 3)) / objects.sum(dim=(2, 3)).clamp_min(1)  # (B, O)
+    context = pool.context[scene][:, None].float()
+    context_share = (seen * context).sum(dim=(1, 2, 3)) / seen.sum(dim=(1, 2, 3)).clamp_min(1)  # (B,)
+    weights = _word_weights(
+        pool.labels[scene],
+        pool.variants[scene],
+        _visible_fraction(object_share),
+        pool.context_id[scene],
+        ((context_share - 0.08) / 0.2).clamp(0, 1),
+    )
+
+    pixels = pool.images[scene].float() / 255 * mask
+    rois = torch.cat([torch.arange(batch, dtype=torch.float32)[:, None], boxes], dim=1)
+    crops = roi_align(pixels, rois, output_size=out_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    flip = torch.rand(batch, generator=gen) < 0.5
+    crops = torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+    return Views(crops.clamp(0, 1), weights)
+
+
+def _word_weights(labels, variants, seen, context_id, context_weight) -> torch.Tensor:
+    """(B, V) word weights from each object's seen weight (B, O) and the context's weight (B,)."""
+    batch = labels.shape[0]
+    weights = torch.zeros(batch, len(VOCABULARY))
+    rows = torch.arange(batch)
+    for o in range(labels.shape[1]):
+        present = labels[:, o] > 0
+        w = torch.where(present, seen[:, o], torch.zeros(batch))
+        class_col = (labels[:, o] - 1).clamp_min(0)
+        variant_col = len(CLASS_WORDS) + variants[:, o].clamp_min(0)
+        weights[rows, class_col] = torch.maximum(weights[rows, class_col], CLASS_WORD_WEIGHT * w)
+        weights[rows, variant_col] = torch.maximum(weights[rows, variant_col], w)
+    for index, name in enumerate(CONTEXT_NAMES):
+        words = world.CONTEXTS[name]
+        on = (context_id == index).float() * context_weight * CONTEXT_WEIGHT / len(words)
+        for word in words:
+            weights[:, VOCABULARY.index(word)] = on
+    return weights
+
+
+# --- captions and loss ---------------------------------------------------------------------------
+
+
+def captions_for(weights: torch.Tensor, gen: torch.Generator) -> tuple[list[str], torch.Tensor]:
+    """Every word in the pipeline's template, plus one varied caption per view.
+
+    Returns the unique captions and how well each fits each view, (B, C): a caption's fit is its
+    weakest word's weight.
+    """
+    captions: dict[str, tuple[int, ...]] = {TEMPLATE.format(w): (i,) for i, w in enumerate(VOCABULARY)}
+    context_cols = [VOCABULARY.index(w) for words in world.CONTEXTS.values() for w in words]
+    for row in weights:
+        if row.sum() <= 0:
+            continue
+        word = int(torch.multinomial(row, 1, generator=gen))
+        objects = row.clone()
+        objects[context_cols] = 0
+        if word not in context_cols and row[context_cols].sum() > 0 and torch.rand(1, generator=gen) < 0.3:
+            place = int(torch.multinomial(row[context_cols], 1, generator=gen))
+            template = PAIR_TEMPLATES[int(torch.randint(len(PAIR_TEMPLATES), (1,), generator=gen))]
+            captions[template.format(VOCABULARY[word], VOCABULARY[context_cols[place]])] = (word, context_cols[place])
+        else:
+            template = EXTRA_TEMPLATES[int(torch.randint(len(EXTRA_TEMPLATES), (1,), generator=gen))]
+            captions[template.format(VOCABULARY[word])] = (word,)
+    fit = torch.stack([weights[:, list(cols)].amin(dim=1) for cols in captions.values()], dim=1)
+    return list(captions), fit
+
+
+def contrastive_loss(image_features, text_features, logit_scale, fit) -> torch.Tensor:
+    """Symmetric cross-entropy with soft targets: each view's captions weighted by fit, and back."""
+    logits = logit_scale * image_features @ text_features.T  # (B, C)
+    loss = logits.new_zeros(())
+    for scores, targets in ((logits, fit), (logits.T, fit.T)):
+        total = targets.sum(dim=1)
+        rows = total > 0
+        if rows.any():
+            p = targets[rows] / total[rows, None]
+            loss = loss + (-(p * F.log_softmax(scores[rows], dim=1)).sum(dim=1)).mean() / 2
+    return loss
+
+
+class TokenCache:
+    """open_clip's tokenizer is pure python; the same few hundred captions recur every step."""
+
+    def __init__(self, model_name: str):
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        missing = [t for t in texts if t not in self.cache]
+        if missing:
+            self.cache.update(zip(missing, self.tokenizer(missing), strict=True))
+        return torch.stack([self.cache[t] for t in texts])
+
+
+def input_size(model) -> int:
+    size = model.visual.image_size
+    return size if isinstance(size, int) else size[0]
+
+
+def normalise(pixels: torch.Tensor, model) -> torch.Tensor:
+    cfg = model.visual.preprocess_cfg
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+# --- training ------------------------------------------------------------------------------------
+
+ProgressFn = Callable[[int, int, float], None]  # (step, steps, loss)
+
+
+def create_model(name: str):
+    register_shipped_clip_configs()
+    if name not in open_clip.list_models():
+        raise ValueError(f"CLIP model {name!r} unknown; ship its config in ml/assets/ or pick from open_clip's list")
+    return open_clip.create_model(name, pretrained=None)
+
+
+def train_clip(config: ClipTrainConfig, on_progress: ProgressFn | None = None):
+    """Train from scratch; returns (model in eval mode, record of what was done)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    started, cpu_started = time.monotonic(), time.process_time()
+    pool = render_pool(config.scenes, config.world_seed, config.scene_size)
+    render_seconds = time.monotonic() - started
+    model = create_model(config.model)
+    tokens = TokenCache(config.model)
+    out_size = input_size(model)
+    optimizer = _optimizer(model, config)
+    losses = []
+    model.train()
+    for step in range(config.steps):
+        lr = _lr(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        views = sample_views(pool, config.batch_size, out_size, gen)
+        captions, fit = captions_for(views.weights, gen)
+        image_features = F.normalize(model.encode_image(normalise(views.pixels, model)), dim=-1)
+        text_features = F.normalize(model.encode_text(tokens(captions)), dim=-1)
+        loss = contrastive_loss(image_features, text_features, model.logit_scale.exp(), fit)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        if on_progress:
+            on_progress(step + 1, config.steps, float(np.mean(losses[-50:])))
+    model.eval()
+    record = {
+        "train_config": asdict(config),
+        "render_seconds": round(render_seconds, 1),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
+        "final_loss": round(float(np.mean(losses[-50:])), 4),
+        "loss_curve": [round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, len(losses), 100)],
+        "torch_threads": torch.get_num_threads(),
+    }
+    return model, record
+
+
+def _optimizer(model, config: ClipTrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _lr(step: int, config: ClipTrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_texts(model, tokens: TokenCache, words: tuple[str, ...]) -> torch.Tensor:
+    return F.normalize(model.encode_text(tokens([TEMPLATE.format(w) for w in words])), dim=-1)
+
+
+@torch.no_grad()
+def encode_pixels(model, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    parts = [model.encode_image(normalise(pixels[i : i + batch], model)) for i in range(0, len(pixels), batch)]
+    return F.normalize(torch.cat(parts), dim=-1)
+
+
+def object_crops(pool: ScenePool, out_size: int, masked: bool = False):
+    """Every object of the pool: a square crop around it (or the whole scene with only it kept).
+
+    Returns (pixels (N, 3, s, s), class labels (N,), variant indices (N,)).
+    """
+    scene, index = (pool.labels > 0).nonzero(as_tuple=True)
+    pixels = pool.images[scene].float() / 255
+    if masked:
+        keep = (pool.owner[scene] == (index + 1)[:, None, None].to(torch.uint8))[:, None]
+        pixels = pixels * keep
+        boxes = torch.tensor([0.0, 0.0, pool.size, pool.size]).expand(len(scene), 4)
+    else:
+        box = pool.boxes[scene, index]
+        extent = (box[:, 2:] - box[:, :2]).amax(dim=1)
+        boxes = _square_boxes((box[:, :2] + box[:, 2:]) / 2, extent * 1.3, pool.size)
+    rois = torch.cat([torch.arange(len(scene), dtype=torch.float32)[:, None], boxes], dim=1)
+    crops = roi_align(pixels, rois, output_size=out_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return crops, pool.labels[scene, index], pool.variants[scene, index]
+
+
+def context_patches(pool: ScenePool, out_size: int, gen: torch.Generator, per_scene: int = 2):
+    """Patches mostly of context (>= 80%), one context per patch; returns (pixels, context index)."""
+    pixels, ids = [], []
+    side = pool.size // 3
+    for n in (pool.context_id >= 0).nonzero().flatten().tolist():
+        found = 0
+        for _ in range(per_scene * 4):
+            x0, y0 = (int(v) for v in torch.randint(0, pool.size - side, (2,), generator=gen))
+            if found < per_scene and pool.context[n, y0 : y0 + side, x0 : x0 + side].float().mean() >= 0.8:
+                patch = pool.images[n, :, y0 : y0 + side, x0 : x0 + side].float()[None] / 255
+                pixels.append(F.interpolate(patch, size=out_size, mode="bilinear", antialias=True, align_corners=False))
+                ids.append(int(pool.context_id[n]))
+                found += 1
+    return torch.cat(pixels).clamp(0, 1), torch.tensor(ids)
+
+
+def evaluate(model, pool: ScenePool, model_name: str) -> dict:
+    """Zero-shot accuracy on held-out scenes with the pipeline's template; cosines for the CBS threshold."""
+    tokens = TokenCache(model_name)
+    out_size = input_size(model)
+    class_text = encode_texts(model, tokens, CLASS_WORDS)
+    variant_text = encode_texts(model, tokens, VARIANT_WORDS)
+    context_text = encode_texts(model, tokens, CONTEXT_NAMES)
+    background_text = encode_texts(model, tokens, world.background_words())
+    variant_class = torch.tensor([1 + CLASS_WORDS.index(c.name) for c in world.CLASSES for _ in c.variants])
+    result: dict = {}
+    for name, masked in (("crops", False), ("masked", True)):
+        pixels, labels, variants = object_crops(pool, out_size, masked)
+        features = encode_pixels(model, pixels)
+        by_variant = (features @ variant_text.T).argmax(dim=1)
+        own_word = torch.where(
+            (features * class_text[labels - 1]).sum(1) >= (features * variant_text[variants]).sum(1), 0, 1
+        )
+        result[name] = {
+            "objects": len(labels),
+            "class_accuracy": _mean((features @ class_text.T).argmax(dim=1) + 1 == labels),
+            "variant_accuracy": _mean(by_variant == variants),
+            "class_from_variant_accuracy": _mean(variant_class[by_variant] == labels),
+            "variant_word_beats_class_word": _mean(own_word == 1),
+            "cos_own_variant": _mean((features * variant_text[variants]).sum(1)),
+            "cos_own_class": _mean((features * class_text[labels - 1]).sum(1)),
+            "cos_background_words_max": _mean((features @ background_text.T).amax(dim=1)),
+        }
+    pixels, ids = context_patches(pool, out_size, torch.Generator().manual_seed(0))
+    features = encode_pixels(model, pixels)
+    result["context_patches"] = {
+        "patches": len(ids),
+        "context_accuracy": _mean((features @ context_text.T).argmax(dim=1) == ids),
+        "cos_own_context": _mean((features * context_text[ids]).sum(1)),
+    }
+    return result
+
+
+def _mean(values: torch.Tensor) -> float:
+    return round(float(values.float().mean()), 4)
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+def export(model, path: str | Path, record: dict, evaluation: dict) -> dict:
+    """Write the fp16 checkpoint (open_clip loads it as `pretrained=path`) and its provenance JSON beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = record["train_config"]["model"]
+    state = {k: v.detach().half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "model": name, "model_cfg": open_clip.get_model_config(name)}, path)
+    provenance = {
+        "model": name,
+        "model_cfg": open_clip.get_model_config(name),
+        "checkpoint": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "dtype": "float16",
+        "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in model.visual.preprocess_cfg.items()},
+        "template": TEMPLATE,
+        "vocabulary": list(VOCABULARY),
+        "data": {
+            "generator": "ml.data.world",
+            "train_scenes": {"seed": record["train_config"]["world_seed"], "count": record["train_config"]["scenes"]},
+            "eval_scenes": {
+                "seed": record["train_config"]["world_seed"] + 1,
+                "count": record["train_config"]["eval_scenes"],
+            },
+        },
+        **record,
+        "zero_shot": evaluation,
+    }
+    write_json(path.with_suffix(".json"), provenance)
+    return provenance
+
+
+def load_provenance(path: str | Path) -> dict:
+    return json.loads(Path(path).with_suffix(".json").read_text())
