@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from app import commands as service_commands
+from app import demo
 from ml import cli as ml_cli
 
 
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     ml_cli.register(sub)
     service_commands.register(sub)
+    demo.register(sub)
     return parser
 
 
