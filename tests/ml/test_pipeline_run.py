@@ -68,6 +68,24 @@ def test_batched_cams_equal_one_pass_at_a_time(monkeypatch, pass_pixels):
         torch.testing.assert_close(strided, ref_strided, atol=1e-4, rtol=0)
 
 
+def test_folding_batchnorm_keeps_the_maps_and_leaves_no_batchnorm():
+    torch.manual_seed(0)
+    net = CamNet("resnet18", 3).eval()
+    for module in net.modules():  # statistics far from the identity, so a wrong fold shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    image = np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    before = multiscale_cams(net, [image], [(1, 2, 3)], (1.0, 0.5), flip=True)[0]
+    make_cams.fold_batchnorm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    after = multiscale_cams(net, [image], [(1, 2, 3)], (1.0, 0.5), flip=True)[0]
+    for a, b in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
 def test_make_cams_writes_normalised_maps_of_the_tagged_classes(tiny_dataset, tmp_path):
     dataset = load_dataset(tiny_dataset)
     config = resolve_config("cpu-small")
