@@ -6,7 +6,6 @@ Argument parsing only at import (torch loads inside `train-clip`), like ml/cli.p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -82,14 +81,14 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
     pool = world_clip.render_pool(config.eval_scenes, config.world_seed + 1, config.scene_size)
     evaluation = world_clip.evaluate(model, pool, config.model)
     provenance = world_clip.export(model, args.out, record, evaluation)
-    crops, masked = evaluation["crops"], evaluation["masked"]
     print(f"trained in {record['wall_seconds'] / 60:.1f} min wall, {record['cpu_seconds'] / 60:.1f} min CPU")
-    print(
-        f"zero-shot on {crops['objects']} held-out object crops: class {100 * crops['class_accuracy']:.1f}%, "
-        f"variant {100 * crops['variant_accuracy']:.1f}%; masked objects: class "
-        f"{100 * masked['class_accuracy']:.1f}%, variant {100 * masked['variant_accuracy']:.1f}%; context patches "
-        f"{100 * evaluation['context_patches']['context_accuracy']:.1f}%"
-    )
+    for key, what in (("crops", "object crops"), ("masked", "masked objects"), ("cam_masked", "CAM-masked objects")):
+        figures = evaluation[key]
+        print(
+            f"zero-shot on {figures['objects']} held-out {what}: class {100 * figures['class_accuracy']:.1f}%, "
+            f"variant {100 * figures['variant_accuracy']:.1f}%"
+        )
+    print(f"context patches: {100 * evaluation['context_patches']['context_accuracy']:.1f}%")
     print(f"wrote {args.out} ({provenance['bytes'] / 2**20:.1f} MiB, sha256 {provenance['sha256'][:16]}...)")
-    print(json.dumps(evaluation, indent=2))
+    print(f"provenance (config, data, timings, all figures): {args.out.with_suffix('.json')}")
     return 0

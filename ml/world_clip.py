@@ -51,9 +51,9 @@ class ClipTrainConfig:
     world_seed: int = 1000  # training scenes; evaluation scenes use world_seed + 1
     scenes: int = 8000  # rendered once, then viewed through random crops and masks
     scene_size: int = 128
-    steps: int = 2500
-    batch_size: int = 128
-    lr: float = 1e-3
+    steps: int = 3500
+    batch_size: int = 64
+    lr: float = 2e-3
     weight_decay: float = 0.1
     warmup_steps: int = 150
     eval_scenes: int = 400
@@ -83,28 +83,29 @@ CONTEXT_NAMES = tuple(world.CONTEXTS)
 VOCABULARY = CLASS_WORDS + VARIANT_WORDS + tuple(w for words in world.CONTEXTS.values() for w in words)
 
 
-def render_pool(count: int, seed: int, size: int = 128) -> ScenePool:
+def render_pool(count: int, seed: int, size: int = 128, labels: list[list[int]] | None = None) -> ScenePool:
+    """`count` world scenes of a seed; `labels` (one list per scene) fixes which objects each holds."""
     images = np.zeros((count, size, size, 3), np.uint8)
     owner = np.zeros((count, size, size), np.uint8)
     context = np.zeros((count, size, size), bool)
     context_id = np.full(count, -1)
-    labels = np.zeros((count, MAX_OBJECTS), np.int64)
+    object_labels = np.zeros((count, MAX_OBJECTS), np.int64)
     variants = np.full((count, MAX_OBJECTS), -1)
     boxes = np.zeros((count, MAX_OBJECTS, 4), np.float32)
     for n in range(count):
-        scene = world.render_scene(world.scene_rng(seed, n), size)
+        scene = world.render_scene(world.scene_rng(seed, n), size, labels[n] if labels else None)
         images[n], context[n] = scene.image, scene.context_mask
         context_id[n] = CONTEXT_NAMES.index(scene.context) if scene.context else -1
         for o, obj in enumerate(scene.objects):
             owner[n][obj.mask] = o + 1
-            labels[n, o], variants[n, o] = obj.label, VARIANT_WORDS.index(obj.variant)
+            object_labels[n, o], variants[n, o] = obj.label, VARIANT_WORDS.index(obj.variant)
             boxes[n, o] = obj.box
     return ScenePool(
         torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
         torch.from_numpy(owner),
         torch.from_numpy(context),
         torch.from_numpy(context_id),
-        torch.from_numpy(labels),
+        torch.from_numpy(object_labels),
         torch.from_numpy(variants),
         torch.from_numpy(boxes),
     )
@@ -124,14 +125,18 @@ def _visible_fraction(x: torch.Tensor) -> torch.Tensor:
     return ((x - 0.25) / 0.35).clamp(0.0, 1.0)
 
 
+def cam_like(objects: torch.Tensor, stride: int) -> torch.Tensor:
+    """(B, 1, S, S) object masks as a CAM of that stride sees them: block averages, upsampled, max 1."""
+    s = objects.shape[-1]
+    coarse = F.avg_pool2d(objects, stride)  # (B, 1, S/stride, S/stride)
+    up = F.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False)
+    return up / up.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+
+
 def _soft_masks(objects: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """CAM-like masks of (B, 1, S, S) objects: exact, or blurred at stride 8-16, often cut by a line."""
     b, _, s, _ = objects.shape
-    blurred = []
-    for stride in (8, 16):
-        coarse = F.avg_pool2d(objects, stride)  # (B, 1, S/stride, S/stride)
-        up = F.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False)
-        blurred.append(up / up.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6))
+    blurred = [cam_like(objects, 8), cam_like(objects, 16)]
     pick = torch.randint(0, 4, (b, 1, 1, 1), generator=gen)  # 0 exact, 1 stride 8, 2-3 stride 16
     masks = torch.where(pick == 0, objects, torch.where(pick == 1, blurred[0], blurred[1]))
     gamma = torch.empty(b, 1, 1, 1).uniform_(0.5, 2.0, generator=gen)
@@ -391,24 +396,26 @@ def encode_pixels(model, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor
     return F.normalize(torch.cat(parts), dim=-1)
 
 
-def object_crops(pool: ScenePool, out_size: int, masked: bool = False):
-    """Every object of the pool: a square crop around it (or the whole scene with only it kept).
+def object_crops(pool: ScenePool, out_size: int, mask: str = "none"):
+    """Every object of the pool: a square crop around it, or the whole scene seen through its mask.
 
-    Returns (pixels (N, 3, s, s), class labels (N,), variant indices (N,)).
+    mask: "none" (a crop), "exact" (only the object, background black) or "cam" (the object's mask
+    blurred as a stride-16 CAM sees it, so some surroundings show). Returns (pixels (N, 3, s, s),
+    class labels (N,), variant indices (N,), scene indices (N,)).
     """
     scene, index = (pool.labels > 0).nonzero(as_tuple=True)
     pixels = pool.images[scene].float() / 255
-    if masked:
-        keep = (pool.owner[scene] == (index + 1)[:, None, None].to(torch.uint8))[:, None]
-        pixels = pixels * keep
-        boxes = torch.tensor([0.0, 0.0, pool.size, pool.size]).expand(len(scene), 4)
-    else:
+    if mask == "none":
         box = pool.boxes[scene, index]
         extent = (box[:, 2:] - box[:, :2]).amax(dim=1)
         boxes = _square_boxes((box[:, :2] + box[:, 2:]) / 2, extent * 1.3, pool.size)
+    else:
+        keep = (pool.owner[scene] == (index + 1)[:, None, None].to(torch.uint8))[:, None].float()
+        pixels = pixels * (keep if mask == "exact" else cam_like(keep, 16))
+        boxes = torch.tensor([0.0, 0.0, pool.size, pool.size]).expand(len(scene), 4)
     rois = torch.cat([torch.arange(len(scene), dtype=torch.float32)[:, None], boxes], dim=1)
     crops = roi_align(pixels, rois, output_size=out_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    return crops, pool.labels[scene, index], pool.variants[scene, index]
+    return crops, pool.labels[scene, index], pool.variants[scene, index], scene
 
 
 def context_patches(pool: ScenePool, out_size: int, gen: torch.Generator, per_scene: int = 2):
@@ -434,25 +441,27 @@ def evaluate(model, pool: ScenePool, model_name: str) -> dict:
     class_text = encode_texts(model, tokens, CLASS_WORDS)
     variant_text = encode_texts(model, tokens, VARIANT_WORDS)
     context_text = encode_texts(model, tokens, CONTEXT_NAMES)
-    background_text = encode_texts(model, tokens, world.background_words())
     variant_class = torch.tensor([1 + CLASS_WORDS.index(c.name) for c in world.CLASSES for _ in c.variants])
     result: dict = {}
-    for name, masked in (("crops", False), ("masked", True)):
-        pixels, labels, variants = object_crops(pool, out_size, masked)
+    for name in ("none", "exact", "cam"):
+        pixels, labels, variants, scene = object_crops(pool, out_size, name)
         features = encode_pixels(model, pixels)
         by_variant = (features @ variant_text.T).argmax(dim=1)
-        own_word = torch.where(
-            (features * class_text[labels - 1]).sum(1) >= (features * variant_text[variants]).sum(1), 0, 1
-        )
-        result[name] = {
+        own_variant = (features * variant_text[variants]).sum(1)
+        own_class = (features * class_text[labels - 1]).sum(1)
+        # How much a view of the object looks like its scene's context (what CBS penalises).
+        context = pool.context_id[scene]
+        on_context = context >= 0
+        context_cos = (features[on_context] * context_text[context[on_context]]).sum(1)
+        result[{"none": "crops", "exact": "masked", "cam": "cam_masked"}[name]] = {
             "objects": len(labels),
             "class_accuracy": _mean((features @ class_text.T).argmax(dim=1) + 1 == labels),
             "variant_accuracy": _mean(by_variant == variants),
             "class_from_variant_accuracy": _mean(variant_class[by_variant] == labels),
-            "variant_word_beats_class_word": _mean(own_word == 1),
-            "cos_own_variant": _mean((features * variant_text[variants]).sum(1)),
-            "cos_own_class": _mean((features * class_text[labels - 1]).sum(1)),
-            "cos_background_words_max": _mean((features @ background_text.T).amax(dim=1)),
+            "variant_word_beats_class_word": _mean(own_variant > own_class),
+            "cos_own_variant": _mean(own_variant),
+            "cos_own_class": _mean(own_class),
+            "cos_scene_context": _mean(context_cos),
         }
     pixels, ids = context_patches(pool, out_size, torch.Generator().manual_seed(0))
     features = encode_pixels(model, pixels)
