@@ -28,6 +28,7 @@ SMALL_AUGMENT = {"resize_long": [48, 80], "crop_size": 64}
 SYNONYMS = {"square": ["box", "block", "tile"], "circle": ["ring", "disc"], "triangle": ["wedge"]}
 FAST = {
     "device": "cpu",
+    "models": {"clip_pretrained": "random"},
     "train_cam": {"epochs": 2, "batch_size": 4, "augment": SMALL_AUGMENT},
     "select_prompts": {"batch_size": 5, "num_synonyms": 2, "synonyms": SYNONYMS},
     "train_pole": {"epochs": 1, "batch_size": 6, "augment": SMALL_AUGMENT},
@@ -171,9 +172,10 @@ def aligned_clip(tmp_path_factory) -> str:
     torch.manual_seed(0)
     model = open_clip.create_model("pole-tiny")
     with torch.no_grad():
-        model.visual.ln_post.bias.fill_(1.0)
+        # Both towers end in the same constant direction: the text's final LayerNorm bias, projected
+        # alike by the text projection and (through the attention pool's output bias) the image tower.
         model.ln_final.bias.fill_(1.0)
-        model.text_projection.copy_(model.visual.proj)
+        model.visual.attnpool.c_proj.bias.copy_(model.ln_final.bias @ model.text_projection)
     path = tmp_path_factory.mktemp("clip") / "aligned.pt"
     torch.save(model.state_dict(), path)
     return str(path)
