@@ -83,8 +83,20 @@ def cmd_run(args: argparse.Namespace, until: str | None = None) -> int:
     if until and until not in stages_for(config):
         print(f"error: no stage {until!r} in this run; stages: {', '.join(stages_for(config))}", file=sys.stderr)
         return 2
-    with ProgressDisplay(config) as display:
-        summary = run_pipeline(dataset, args.out, config, on_progress=display.update, until=until)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from ml.pipeline import RunDirError
+    from ml.weights import WeightsError
+
+    try:
+        with ProgressDisplay(config) as display, logging_redirect_tqdm():
+            summary = run_pipeline(dataset, args.out, config, on_progress=display.update, until=until)
+    except (WeightsError, RunDirError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; run the same command again to resume from the last finished stage in {args.out}")
+        return 130
     _print_summary(summary)
     return 0
 

@@ -35,6 +35,11 @@ STAGES: dict[str, float] = {
     "export": 0.02,
 }
 
+
+class RunDirError(ValueError):
+    """The run directory belongs to a run with another config."""
+
+
 StageEventFn = Callable[[str, str], None]  # (stage, "start" | "end" | "skip")
 
 
@@ -67,6 +72,7 @@ def run_pipeline(
     until: str | None = None,
 ) -> dict:
     """Run every unfinished stage (up to and including `until`); return the run summary."""
+    check_weights(config, [n for n in stages_for(config) if not stage_done(out, n)])
     out.mkdir(parents=True, exist_ok=True)
     _check_same_config(out, config)
     failed_path = out / "failed_images.json"
@@ -103,6 +109,22 @@ def run_pipeline(
     return summarize(out, timings)
 
 
+def check_weights(config: PipelineConfig, pending: list[str]) -> None:
+    """Resolve every weight file the pending stages will load, before the first of them starts.
+
+    A missing CLIP checkpoint must not surface only after hours of CAM training.
+    """
+    from ml.weights import resolve_backbone, resolve_clip
+
+    models = config.models
+    if "train_cam" in pending:
+        resolve_backbone(models.cam_backbone, models.cam_weights)
+    if {"select_prompts", "train_pole"} & set(pending):
+        resolve_clip(models.clip_model, models.clip_pretrained)
+    if "train_irn" in pending and models.irn_weights != "cam":
+        resolve_backbone(models.irn_backbone, models.irn_weights)
+
+
 def summarize(out: Path, timings: dict | None = None) -> dict:
     """Metrics, failed images and provenance gathered from a run directory."""
     summary: dict = {"out": str(out)}
@@ -135,7 +157,7 @@ def _check_same_config(out: Path, config: PipelineConfig) -> None:
         saved = json.loads(path.read_text())
         if saved != resolved:
             changed = sorted(k for k in resolved if saved.get(k) != resolved[k])
-            raise ValueError(
+            raise RunDirError(
                 f"{out} holds a run with a different config (sections differ: {', '.join(changed)}); "
                 "use a new --out directory or the original config"
             )
