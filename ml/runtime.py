@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml.config import PipelineConfig
-from ml.data import Dataset
+from ml.data import Dataset, ImageRecord
+from ml.data.images import ImageError, read_image
 
 log = logging.getLogger("pole")
 
@@ -69,6 +70,25 @@ class StageContext:
     def usable_images(self):
         """The dataset's images minus those failed by an earlier stage of this run."""
         return [im for im in self.dataset.images if im.id not in self.failed_images]
+
+    def read_image(self, record: ImageRecord):
+        """The RGB pixels of `record`, or None after listing it as failed (it cannot be read)."""
+        try:
+            return read_image(record.image)
+        except (ImageError, OSError) as err:  # corrupt, or gone from disk since the upload
+            self.fail_image(record.id, f"{self.stage}: cannot read {record.image.name}: {err}")
+            return None
+
+    def each_image(self) -> Iterator[tuple[ImageRecord, object]]:
+        """(record, RGB image) for every usable image, with a cancel check and progress per image;
+        unreadable images are listed as failed and skipped."""
+        records = self.usable_images()
+        for index, record in enumerate(records):
+            self.check_cancel()
+            image = self.read_image(record)
+            if image is not None:
+                yield record, image
+            self.progress((index + 1) / len(records), f"{index + 1}/{len(records)} images")
 
 
 def stage_done(out: Path, name: str) -> bool:

@@ -7,7 +7,7 @@ Each mask is re-labelled among its own labels (background and the image's tags) 
 from __future__ import annotations
 
 from ml.crf import crf_mask
-from ml.data.images import ImageError, read_image, read_mask
+from ml.data.images import read_mask
 from ml.data.palette import save_mask_png
 from ml.runtime import StageContext, atomic_dir, write_stage_record
 
@@ -15,20 +15,12 @@ from ml.runtime import StageContext, atomic_dir, write_stage_record
 def run(ctx: StageContext) -> None:
     params = ctx.config.crf.params
     masks = ctx.stage_dir("refine")
-    records = ctx.usable_images()
     with atomic_dir(ctx.stage_dir()) as out:
         written = 0
-        for index, record in enumerate(records):
-            ctx.check_cancel()
-            try:
-                image = read_image(record.image)
-            except ImageError as err:
-                ctx.fail_image(record.id, f"crf: cannot read {record.image.name}: {err}")
-                continue
+        for record, image in ctx.each_image():
             labels = [0, *record.tags]
             save_mask_png(
                 crf_mask(image, read_mask(masks / f"{record.id}.png"), labels, params), out / f"{record.id}.png"
             )
             written += 1
-            ctx.progress((index + 1) / len(records), f"{index + 1}/{len(records)} images")
         write_stage_record(out, ctx, images=written)

@@ -20,7 +20,6 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ml.cam_files import save_cams
-from ml.data.images import ImageError, read_image
 from ml.device import pick_device, seed_everything
 from ml.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 from ml.models.cam_net import CamNet, load_cam_net
@@ -142,10 +141,9 @@ def run(ctx: StageContext) -> None:
             ctx.check_cancel()
             loaded = []
             for record in records[start : start + config.batch_images]:
-                try:
-                    loaded.append((record, read_image(record.image)))
-                except ImageError as err:
-                    ctx.fail_image(record.id, f"make_cams: cannot read {record.image.name}: {err}")
+                image = ctx.read_image(record)
+                if image is not None:
+                    loaded.append((record, image))
             # Only images of one size stack into a batch; a batch of mixed sizes runs as several.
             by_size: dict[tuple[int, ...], list] = {}
             for record, image in loaded:

@@ -13,7 +13,6 @@ import numpy as np
 from ml.cam_files import cam_path, load_cams
 from ml.config import CrfParams
 from ml.crf import crf_labels
-from ml.data.images import ImageError, read_image
 from ml.data.palette import save_mask_png
 from ml.metrics import IGNORE
 from ml.runtime import StageContext, atomic_dir, write_stage_record
@@ -42,18 +41,10 @@ def combine_seeds(confident_fg: np.ndarray, confident_bg: np.ndarray) -> np.ndar
 
 
 def run(ctx: StageContext) -> None:
-    records = ctx.usable_images()
     with atomic_dir(ctx.stage_dir()) as out:
         written = 0
-        for index, record in enumerate(records):
-            ctx.check_cancel()
-            try:
-                image = read_image(record.image)
-            except ImageError as err:
-                ctx.fail_image(record.id, f"make_seeds: cannot read {record.image.name}: {err}")
-                continue
+        for record, image in ctx.each_image():
             cams = load_cams(cam_path(ctx.out, record.id))
             save_mask_png(seeds_from_cams(image, cams.cam, cams.keys, ctx.config.make_seeds), out / f"{record.id}.png")
             written += 1
-            ctx.progress((index + 1) / len(records), f"{index + 1}/{len(records)} images")
         write_stage_record(out, ctx, images=written)

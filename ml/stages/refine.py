@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from ml.cam_files import cam_path, load_cams
-from ml.data.images import ImageError, read_image
 from ml.data.palette import save_mask_png
 from ml.device import pick_device, seed_everything
 from ml.models.irn import EdgeNet, load_edge_net
@@ -54,20 +53,12 @@ def run(ctx: StageContext) -> None:
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint} is missing; run the train_irn stage first (pole stage train-irn)")
     net, _ = load_edge_net(checkpoint, device)
-    records = ctx.usable_images()
     with atomic_dir(ctx.stage_dir()) as out:
         written = 0
-        for index, record in enumerate(records):
-            ctx.check_cancel()
-            try:
-                image = read_image(record.image)
-            except ImageError as err:
-                ctx.fail_image(record.id, f"refine: cannot read {record.image.name}: {err}")
-                continue
+        for record, image in ctx.each_image():
             cams = load_cams(cam_path(ctx.out, record.id))
             save_mask_png(refine_image(net, image, cams.cam_s4, cams.keys, ctx.config.refine), out / f"{record.id}.png")
             written += 1
-            ctx.progress((index + 1) / len(records), f"{index + 1}/{len(records)} images")
         write_stage_record(
             out, ctx, images=written, checkpoints={"train_irn/model.pt": sha256_file(checkpoint)}, device=str(device)
         )

@@ -16,9 +16,8 @@ import json
 import torch
 import torch.nn.functional as F
 
-from ml.data.images import read_image
 from ml.device import pick_device, seed_everything
-from ml.loaders import READ_ERRORS, imagenet_normalize, to_tensor01
+from ml.loaders import imagenet_normalize, to_tensor01
 from ml.models.cam_net import load_cam_net
 from ml.models.clip_encoder import FrozenClip, cosine
 from ml.runtime import StageContext, atomic_dir, sha256_file, stage_done, write_json, write_stage_record
@@ -94,24 +93,17 @@ def run(ctx: StageContext) -> None:
     ranked = class_candidates(clip, ctx)
     words = {name: ranked[name].words for name in classes}
     word_features = {name: clip.encode_text([section.template.format(w) for w in ws]) for name, ws in words.items()}
-    images = ctx.usable_images()
     records: list[dict] = []
     pairs: list[tuple[str, int]] = []  # (image id, label) pairs waiting for one batched CLIP encode
     pixels: list[torch.Tensor] = []
-    for done, image in enumerate(images, start=1):
-        ctx.check_cancel()
-        try:
-            x01 = to_tensor01(read_image(image.image)).to(device)
-        except READ_ERRORS as err:
-            ctx.fail_image(image.id, f"unreadable image: {err}")
-            continue
+    for image, rgb in ctx.each_image():
+        x01 = to_tensor01(rgb).to(device)
         with torch.no_grad(), autocast(device):
             pixels.append(masked_images(net, x01, list(image.tags), clip.image_size))
         pairs.extend((image.id, label) for label in image.tags)
         if len(pairs) >= section.batch_size:
             records += choose_words(clip, torch.cat(pixels), pairs, classes, words, word_features)
             pairs, pixels = [], []
-        ctx.progress(done / len(images), f"{done}/{len(images)} images")
     if pairs:
         records += choose_words(clip, torch.cat(pixels), pairs, classes, words, word_features)
     with atomic_dir(ctx.stage_dir()) as scratch:
