@@ -63,8 +63,8 @@ def resolve_clip(model: str, pretrained: str) -> ResolvedWeights:
         if not path.is_file():
             raise WeightsError(f"the shipped CLIP checkpoint {path} is missing from this install; reinstall pole")
         return _resolved(model, pretrained, path)
-    if Path(pretrained).expanduser().is_file():
-        return _resolved(model, pretrained, Path(pretrained).expanduser())
+    if _looks_like_path(pretrained):
+        return _resolved(model, pretrained, _existing_file(pretrained, "models.clip_pretrained"))
     cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model) + [t for m, t in SHIPPED_CLIP if m == model]
@@ -93,8 +93,8 @@ def resolve_backbone(name: str, weights: str) -> ResolvedWeights:
         raise WeightsError(f"backbone {name!r} is not a torchvision model; try resnet18/34/50/101")
     if weights == "random":
         return ResolvedWeights(name, "random", None, None)
-    if Path(weights).expanduser().is_file():
-        return _resolved(name, weights, Path(weights).expanduser())
+    if _looks_like_path(weights):
+        return _resolved(name, weights, _existing_file(weights, "models.cam_weights / models.irn_weights"))
     if weights != "imagenet":
         raise WeightsError(f"backbone weights {weights!r} for {name}: use 'imagenet', a local .pth file, or 'random'")
     url = get_model_weights(name).IMAGENET1K_V1.url
@@ -123,6 +123,17 @@ def register_shipped_clip_configs() -> None:
     configs = [p for p in ASSETS.glob("*.json") if "embed_dim" in json.loads(p.read_text())]
     if not all(p.stem in open_clip.list_models() for p in configs):
         open_clip.add_model_config(ASSETS)
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _existing_file(value: str, setting: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"{setting}: weight file {value} not found; give an existing file or a named tag")
+    return path
 
 
 def _resolved(name: str, source: str, path: Path) -> ResolvedWeights:

@@ -37,12 +37,14 @@ def test_bogus_clip_tag_or_missing_file_lists_the_choices(offline):
     started = time.monotonic()
     with pytest.raises(WeightsError, match=r"models\.clip_pretrained='no-such-tag'.*tags: .*openai"):
         resolve_clip("ViT-B-32", "no-such-tag")
-    with pytest.raises(WeightsError, match="neither a file nor a tag"):
+    with pytest.raises(WeightsError, match="models.clip_pretrained: weight file /nonexistent/clip.pt not found"):
         resolve_clip("ViT-B-32", "/nonexistent/clip.pt")
     with pytest.raises(WeightsError, match="not an open_clip model; available: .*ViT-B-32"):
         resolve_clip("ViT-Q-99", "openai")
-    with pytest.raises(WeightsError, match="use 'imagenet', a local .pth file, or 'random'"):
+    with pytest.raises(WeightsError, match="models.cam_weights / models.irn_weights: weight file .* not found"):
         resolve_backbone("resnet18", "/nonexistent/resnet.pth")
+    with pytest.raises(WeightsError, match="use 'imagenet', a local .pth file, or 'random'"):
+        resolve_backbone("resnet18", "imagenet21k")
     assert time.monotonic() - started < 5
 
 

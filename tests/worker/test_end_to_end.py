@@ -119,11 +119,13 @@ def test_embedded_service_runs_cancels_and_fails_jobs(tmp_path, dataset):
             assert [(s["name"], s["finished_at"]) for s in cancelled["stages"]] == [("train_cam", None)]
             assert not (settings.jobs_dir / job["id"] / "train_cam").exists()
 
-            # 2. a stage that cannot succeed fails the job with its reason, without retries
+            # 2. missing weights fail the job before its first stage, with the reason, without retries
             broken = {"models": {"cam_weights": str(tmp_path / "missing.pth")}}
             job = alice.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small", "config": broken})
             failed = wait_for(alice, job.json()["id"], lambda j: j["state"] == "failed", 120, "the failure")
-            assert failed["error"].startswith("stage train_cam failed: ") and "missing.pth" in failed["error"]
+            assert (
+                failed["error"].startswith("preparing the run failed: ") and "missing.pth not found" in failed["error"]
+            )
             assert failed["attempts"] == 1
 
             # 3. the round trip
