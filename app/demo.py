@@ -27,8 +27,8 @@ from pathlib import Path
 
 import httpx
 
-DEFAULT_IMAGES = 160
-DEFAULT_SIZE = 128
+DEFAULT_IMAGES = 800
+DEFAULT_SIZE = 96
 SHEET_IMAGES = 8
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 START_TIMEOUT_S = 120  # the API answers /readyz (migrations, imports)

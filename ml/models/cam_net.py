@@ -82,5 +82,8 @@ def load_cam_net(path: Path, device: torch.device | str = "cpu") -> tuple[CamNet
         raise ValueError(f"{path} is not a CAM network checkpoint (kind={checkpoint.get('kind')!r})")
     net = CamNet(**checkpoint["model_args"], weights="random")
     net.load_state_dict(checkpoint["state_dict"])
-    net.freeze_bn = checkpoint["freeze_bn"]
+    # A saved network's BatchNorm statistics are trained ones (even when train_cam started from
+    # scratch): training on (train_pole) keeps them, like the public code's fixed BatchNorm. With
+    # batch statistics, CLIP-guided maps saturate in training mode (all 0 or all 1 in evaluation).
+    net.freeze_bn = True
     return net.to(device).eval(), checkpoint
