@@ -111,7 +111,9 @@ def run_job(api: httpx.Client, out: Path, args: argparse.Namespace, overrides: d
     images = list(paginate(api, f"/v1/datasets/{dataset['id']}/images"))
     files = {"archive": archive}
     files.update(write_figures(out, archive, images, selections, dataset["classes"]))
-    summary = print_report(metrics, archive, selections, dataset["classes"])
+    summary = print_report(
+        metrics, archive, selections, dataset["classes"], floor=background_floor(out, images, dataset)
+    )
     files["summary"] = out / "summary.json"
     (out / "summary.json").write_text(json.dumps({"job": job["id"], **summary}, indent=2) + "\n")
     return {"job": job, "files": files}
@@ -285,7 +287,18 @@ def zip_folder(folder: Path, zip_path: Path) -> Path:
 # --- what the job produced ----------------------------------------------------------------------
 
 
-def print_report(metrics: dict, archive: Path, selections: list[dict], classes: list[str]) -> dict:
+def background_floor(out: Path, images: list[dict], dataset: dict) -> float | None:
+    """mIoU of calling every pixel background, on the world's ground truth: what the masks must beat."""
+    from ml.data.images import read_mask
+    from ml.reports import background_only_miou
+
+    truths = (read_mask(out / "world" / "masks" / f"{im['id']}.png") for im in images if im["has_mask"])
+    return background_only_miou(truths, dataset["classes"])
+
+
+def print_report(
+    metrics: dict, archive: Path, selections: list[dict], classes: list[str], floor: float | None = None
+) -> dict:
     """CAM and mask mIoU (all images, then per split) and the word shares per class; returns them."""
     from ml.reports import miou_table, word_share_table, word_shares
 
@@ -298,6 +311,8 @@ def print_report(metrics: dict, archive: Path, selections: list[dict], classes: 
         raise DemoError("the job reported no mIoU; does the dataset have ground-truth masks?")
     print("\nIoU over all images (CAM: fixed background threshold; mask: after the random walk)")
     print(miou_table(stages, classes))
+    if floor is not None:
+        print(f"(for reference, calling every pixel background scores {_percent(floor)} mIoU)")
     with zipfile.ZipFile(archive) as zf:
         archived = json.loads(zf.read("metrics.json"))
     splits = {}
@@ -312,7 +327,7 @@ def print_report(metrics: dict, archive: Path, selections: list[dict], classes: 
     if shares:
         print("\nwords chosen for each class (share of the images tagged with it)")
         print(word_share_table(shares))
-    return {"miou": stages, "splits": splits, "word_shares": shares}
+    return {"miou": stages, "background_only_miou": floor, "splits": splits, "word_shares": shares}
 
 
 def write_figures(out: Path, archive: Path, images: list[dict], selections: list[dict], classes: list[str]) -> dict:

@@ -3,7 +3,8 @@
 - `word_shares`: per class, the share of its (image, class) selections that chose each candidate;
 - `radar_figure`: one radar per class, an axis per candidate word, the radius its share;
 - `contact_sheet`: rows of image | ground truth | pseudo mask (overlays from ml.overlays);
-- `miou_table` / `word_share_table`: the same numbers as plain text for a terminal.
+- `miou_table` / `word_share_table`: the same numbers as plain text for a terminal;
+- `background_only_miou`: the score of calling every pixel background, the floor a mask must beat.
 
 matplotlib is used through its object API (Figure + Agg canvas), never pyplot, so nothing here
 touches a global figure state or needs a display.
@@ -23,6 +24,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from ml.data.palette import VOC_PALETTE
+from ml.metrics import confusion_matrix, scores
 from ml.overlays import mask_overlay
 
 SHEET_COLUMNS = ("image", "ground truth", "pseudo mask")
@@ -172,3 +174,12 @@ def word_share_table(shares: Mapping[str, Mapping[str, float]]) -> str:
         f"{name:<{width}}  " + "  ".join(f"{word} {100 * share:.0f}%" for word, share in words.items())
         for name, words in shares.items()
     )
+
+
+def background_only_miou(truths: Iterable[np.ndarray], classes: Sequence[str]) -> float | None:
+    """mIoU of predicting background everywhere, over the same ground-truth masks (split-wide matrix)."""
+    num_labels = len(classes) + 1
+    total = np.zeros((num_labels, num_labels + 1), np.int64)
+    for truth in truths:
+        total += confusion_matrix(truth, np.zeros_like(truth), num_labels)
+    return scores(total, classes)["miou"]

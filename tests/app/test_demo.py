@@ -72,6 +72,7 @@ def test_demo_runs_a_job_through_the_service_and_writes_its_report(tmp_path, cap
     assert summary["miou"]["CAM"]["miou"] == pytest.approx(archived["cams"]["miou"])
     assert f"{100 * archived['miou']:.1f}%" in printed and f"{100 * archived['cams']['miou']:.1f}%" in printed
     assert set(summary["splits"]) == {"train", "val"}
+    assert f"background scores {100 * summary['background_only_miou']:.1f}% mIoU" in printed
     assert "words chosen for each class" in printed
 
     shares = summary["word_shares"]
