@@ -124,6 +124,31 @@ def chosen_words(run: Path, classes: list[str]) -> dict:
     return word_shares(rows, classes)
 
 
+def selection_agreement(run: Path, world_info: dict) -> dict:
+    """Per class, how select_prompts' choices relate to the objects the world really drew.
+
+    Each image is re-rendered from (world seed, index) to learn the variant of every object:
+    "variant" = the word of a variant present in the image, "other" = the other variant's word,
+    "class" = the class name. A CLIP that reads the objects picks "variant" far more than "other".
+    """
+    from ml.data.world import render_scene, scene_rng
+
+    path = run / "select_prompts" / "selections.jsonl"
+    counts = {name: {"variant": 0, "other": 0, "class": 0} for name in world_info["classes"]}
+    scenes = {}
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        index = int(row["image"].removeprefix("img"))
+        if index not in scenes:
+            scenes[index] = render_scene(scene_rng(world_info["seed"], index), world_info["size"])
+        present = {o.variant for o in scenes[index].objects if o.class_name == row["class"]}
+        kind = "class" if row["chosen"] == row["class"] else "variant" if row["chosen"] in present else "other"
+        counts[row["class"]][kind] += 1
+    return {name: {k: v / max(sum(c.values()), 1) for k, v in c.items()} for name, c in counts.items()}
+
+
 def mean_spread(values: list[float]) -> dict:
     """Mean and sample standard deviation (0 for one value), in mIoU points."""
     points = [100 * v for v in values]
@@ -151,8 +176,16 @@ def markdown(results: dict) -> str:
             f"Words chosen by select_prompts (share of train+val (image, class) pairs, seed {results['seeds'][0]}):",
             "",
         ]
+        agreement = results.get("selection_agreement", {})
         for name, words in shares.items():
-            lines.append(f"- {name}: " + ", ".join(f"{w} {100 * s:.0f}%" for w, s in words.items()))
+            line = f"- {name}: " + ", ".join(f"{w} {100 * s:.0f}%" for w, s in words.items())
+            if name in agreement:
+                share = agreement[name]
+                line += (
+                    f" (a variant drawn in the image {100 * share['variant']:.0f}%, the other variant "
+                    f"{100 * share['other']:.0f}%, the class name {100 * share['class']:.0f}%)"
+                )
+            lines.append(line)
     lines += ["", f"Made by `{results['command']}` in {results['minutes']:.0f} min."]
     return "\n".join(lines) + "\n"
 
@@ -245,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             "per_seed": per_seed,
         }
         if not results["chosen_words"]:
-            results["chosen_words"] = chosen_words(
-                run_dir(args.out, args.seeds[0], method), list(world_info["classes"])
-            )
+            donor = run_dir(args.out, args.seeds[0], method)
+            results["chosen_words"] = chosen_words(donor, list(world_info["classes"]))
+            if results["chosen_words"]:
+                results["selection_agreement"] = selection_agreement(donor, world_info)
     results["minutes"] = (time.monotonic() - started) / 60
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
