@@ -16,7 +16,8 @@ Work is shared where it is identical: for a seed, train_cam (and select_prompts,
 that select words) runs once and its finished directory is copied into the other runs, so their
 pipelines skip it. Runs resume: re-running the command finishes what an interrupted one left.
 Writes quality.json (every figure per seed, the chosen words) and quality.md (the table) into
---results (bench/results, kept in the repository); worlds and runs go to --out.
+--results (bench/results, kept in the repository) and puts the table between the markers of
+--readme, so the README's figures are always a run's; worlds and runs go to --out.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ METHODS: dict[str, dict] = {
 DEFAULT_METHODS = ("baseline", "clims", "pole", "pole+adaptors", "coop")
 SHARED_STAGES = ("train_cam", "select_prompts")  # they run before train_pole, so its settings cannot change them
 SPLIT = "val"
+README_MARKERS = ("<!-- bench/quality.py: start -->", "<!-- bench/quality.py: end -->")
 
 
 def method_config(method: str, seed: int, extra: dict) -> PipelineConfig:
@@ -149,6 +151,17 @@ def selection_agreement(run: Path, world_info: dict) -> dict:
     return {name: {k: v / max(sum(c.values()), 1) for k, v in c.items()} for name, c in counts.items()}
 
 
+def update_readme(path: Path, table: str) -> bool:
+    """Replace what lies between the README's markers with the table; False when it has no markers."""
+    text = path.read_text() if path.is_file() else ""
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        return False
+    before, rest = text.split(start, 1)
+    path.write_text(f"{before}{start}\n{table}{end}{rest.split(end, 1)[1]}")
+    return True
+
+
 def mean_spread(values: list[float]) -> dict:
     """Mean and sample standard deviation (0 for one value), in mIoU points."""
     points = [100 * v for v in values]
@@ -186,7 +199,8 @@ def markdown(results: dict) -> str:
                     f"{100 * share['other']:.0f}%, the class name {100 * share['class']:.0f}%)"
                 )
             lines.append(line)
-    lines += ["", f"Made by `{results['command']}` in {results['minutes']:.0f} min."]
+    cost = f"{results['minutes']:.0f} min on {results['cpus']} CPU cores"
+    lines += ["", f"Made by `{results['command'].strip()}` in {cost}."]
     return "\n".join(lines) + "\n"
 
 
@@ -200,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world-seed", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
+    parser.add_argument("--readme", type=Path, default=Path("README.md"), help="file whose marked block gets the table")
     parser.add_argument("--config", type=Path, help="JSON overrides applied to every method (on the demo preset)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once; torch threads are split between them")
     args = parser.parse_args(argv)
@@ -260,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "chosen_words": {},
         "stage_seconds": timings,
         "command": command,
+        "cpus": os.cpu_count(),
     }
     for method in args.methods:
         per_seed = {}
@@ -283,11 +299,17 @@ def main(argv: list[str] | None = None) -> int:
             if results["chosen_words"]:
                 results["selection_agreement"] = selection_agreement(donor, world_info)
     results["minutes"] = (time.monotonic() - started) / 60
+    previous = args.results / "quality.json"
+    if not any(timings.values()) and previous.is_file():
+        # Every run was already finished: this only re-rendered, so the cost is the earlier run's.
+        results["minutes"] = json.loads(previous.read_text()).get("minutes", results["minutes"])
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (args.results / "quality.md").write_text(table)
     print(table)
+    if update_readme(args.readme, table):
+        print(f"updated the table in {args.readme}")
     return 0
 
 

@@ -86,12 +86,13 @@ def cmd_run(args: argparse.Namespace, until: str | None = None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ml.pipeline import RunDirError
+    from ml.training import TrainingDiverged
     from ml.weights import WeightsError
 
     try:
         with ProgressDisplay(config) as display, logging_redirect_tqdm():
             summary = run_pipeline(dataset, args.out, config, on_progress=display.update, until=until)
-    except (WeightsError, RunDirError) as err:
+    except (WeightsError, RunDirError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -111,6 +111,10 @@ class TrainPoleConfig:
     adaptor_ratio: float = 0.2
     loss: LossWeights = field(default_factory=LossWeights)
     cbs_threshold: float = 0.26
+    # Largest global gradient norm per step; 0 = no clipping (the paper's setting). With batch
+    # normalisation frozen nothing bounds the features' scale, and a backbone trained from scratch
+    # can take one huge step that saturates every map for good (0 everywhere, or 1).
+    max_grad_norm: float = 0.0
     background_words: tuple[str, ...] = DEFAULT_BACKGROUND_WORDS
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -251,6 +255,8 @@ def validate(config: PipelineConfig) -> None:
         for section in (config.train_pole, config.select_prompts):
             if getattr(section, name).count("{}") != 1:
                 raise ConfigError(f"{type(section).__name__}.{name} must contain exactly one '{{}}' for the class word")
+    if config.train_pole.max_grad_norm < 0:
+        raise ConfigError("train_pole.max_grad_norm must be >= 0 (0 turns clipping off)")
     if not config.make_cams.scales:
         raise ConfigError("make_cams.scales must list at least one scale")
     if config.refine.exp_times < 0 or config.refine.radius < 1:

@@ -1,4 +1,5 @@
-"""What the training stages share: which images they train on, the poly-decay SGD, mixed precision."""
+"""What the training stages share: which images they train on, the poly-decay SGD, mixed precision,
+and the check that stops a run whose training diverged."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ import torch
 from ml.config import OptimConfig
 from ml.data import ImageRecord
 from ml.runtime import StageContext
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite: what the stage would save could only give meaningless masks."""
+
+
+def check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int, hint: str) -> None:
+    if not torch.isfinite(loss.detach()).all():
+        value = float(loss.detach())
+        raise TrainingDiverged(f"{stage}: the loss is {value} at epoch {epoch + 1}, step {step + 1}; {hint}")
 
 
 def training_images(ctx: StageContext) -> list[ImageRecord]:

@@ -16,7 +16,7 @@ from ml.loaders import TrainImages, imagenet_normalize, train_loader
 from ml.losses import classification_loss
 from ml.models.cam_net import CamNet, save_cam_net
 from ml.runtime import StageContext, atomic_dir, stage_done, write_json, write_stage_record
-from ml.training import autocast, poly_sgd, report_failed, training_images
+from ml.training import autocast, check_finite, poly_sgd, report_failed, training_images
 
 log = logging.getLogger("pole")
 
@@ -61,6 +61,7 @@ def run(ctx: StageContext) -> None:
             ok = report_failed(ctx, batch)
             if ok.any():
                 loss = batch_loss(net, batch["image"][ok].to(device), batch["label"][ok].to(device))
+                check_finite(loss, ctx.stage, epoch, step, "lower train_cam.lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -28,7 +28,7 @@ from ml.models.cam_net import load_cam_net
 from ml.models.irn import EdgeNet, affinity_loss, path_affinities, save_edge_net
 from ml.runtime import StageContext, atomic_dir, sha256_file, write_json, write_stage_record
 from ml.stages.make_cams import cam_checkpoint
-from ml.training import autocast, poly_sgd, report_failed, training_images
+from ml.training import autocast, check_finite, poly_sgd, report_failed, training_images
 
 
 def stride4_labels(labels: np.ndarray) -> np.ndarray:
@@ -96,6 +96,12 @@ class SeedCrops(torch.utils.data.Dataset):
         }
 
 
+IRN_DIVERGED_HINT = (
+    "the frozen backbone's features overflow or the boundary branch diverged; with models.irn_weights='cam' "
+    "check train_pole's loss log (set train_pole.max_grad_norm) or lower train_irn.lr"
+)
+
+
 def build_edge_net(ctx: StageContext) -> tuple[EdgeNet, dict]:
     """The boundary network with its frozen backbone, and a record of where that backbone came from."""
     models = ctx.config.models
@@ -153,6 +159,7 @@ def run(ctx: StageContext) -> None:
             if usable.any():
                 images, seeds = batch["image"][usable].to(device), batch["seeds"][usable].to(device)
                 loss, parts = train_step(net, images, seeds, config.radius, device)
+                check_finite(loss, ctx.stage, epoch, step, IRN_DIVERGED_HINT)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -32,7 +32,7 @@ from ml.models.clip_encoder import FrozenClip
 from ml.models.prompt_learners import build_prompt_strategy
 from ml.runtime import StageContext, atomic_dir, sha256_file, stage_done, write_json, write_stage_record
 from ml.stages.select_prompts import read_selections
-from ml.training import autocast, poly_sgd, report_failed, training_images
+from ml.training import autocast, check_finite, poly_sgd, report_failed, training_images
 
 
 class PoleObjective(nn.Module):
@@ -103,6 +103,13 @@ def build_objective(ctx: StageContext, device: torch.device) -> PoleObjective:
     return PoleObjective(net, clip, prompts, section).to(device)
 
 
+def clip_gradients(objective: PoleObjective, max_norm: float) -> float:
+    """The global gradient norm before clipping, scaling the gradients down to max_norm when it is > 0."""
+    params = [p for p in objective.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return float(norm)
+
+
 def run(ctx: StageContext) -> None:
     if stage_done(ctx.out, ctx.stage):
         return
@@ -126,9 +133,11 @@ def run(ctx: StageContext) -> None:
                 ids = [i for i, good in zip(batch["id"], ok.tolist(), strict=True) if good]
                 loss = objective(batch["image"][ok].to(device), batch["label"][ok].to(device), ids)
                 optimizer.zero_grad(set_to_none=True)
+                check_finite(loss.total, ctx.stage, epoch, step, "set train_pole.max_grad_norm or lower its lrs")
                 loss.total.backward()
+                grad_norm = clip_gradients(objective, section.max_grad_norm)
                 optimizer.step()
-                steps.append({"epoch": epoch, "lr": schedule.get_last_lr()[0], **loss.terms()})
+                steps.append({"epoch": epoch, "lr": schedule.get_last_lr()[0], "grad_norm": grad_norm, **loss.terms()})
             schedule.step()
             step += 1
             loss_text = f" loss {steps[-1]['total']:.4f}" if steps else ""

@@ -38,3 +38,8 @@ def test_unknown_preset_lists_available():
     assert {"paper", "cpu-small"} <= set(available_presets())
     with pytest.raises(ConfigError, match="available: .*cpu-small"):
         resolve_config("huge")
+
+
+def test_negative_gradient_clipping_is_refused():
+    with pytest.raises(ConfigError, match="max_grad_norm must be >= 0"):
+        resolve_config("paper", {"train_pole": {"max_grad_norm": -1}})

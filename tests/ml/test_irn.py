@@ -13,6 +13,7 @@ from ml.models.irn import EdgeNet, affinity_loss, displacements, load_edge_net, 
 from ml.runtime import StageContext
 from ml.stages import train_irn
 from ml.stages.train_irn import seed_crop, stride4_labels, train_step
+from ml.training import TrainingDiverged
 
 
 def _as_set(mask: torch.Tensor) -> set[tuple[tuple[int, int], int, int]]:
@@ -140,3 +141,17 @@ def test_cam_backbone_must_match_the_configured_one(tmp_path):
     dataset, run, _ = _run_dir(tmp_path, config)
     with pytest.raises(ConfigError, match="irn_backbone to 'resnet18'"):
         train_irn.run(StageContext(dataset, run, config, stage="train_irn"))
+
+
+def test_a_backbone_whose_features_overflow_stops_the_stage_with_a_reason(tmp_path):
+    # What a CAM network wrecked by a diverged train_pole looks like: features past float32's range.
+    config = resolve_config("cpu-small", {"train_irn": {"epochs": 1, "batch_size": 2, "crop_size": 32}})
+    dataset, run, cam_net = _run_dir(tmp_path, config)
+    with torch.no_grad():
+        for module in cam_net.backbone.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.mul_(1e4)
+    save_cam_net(run / "train_pole" / "model.pt", cam_net, config_to_dict(config))
+    with pytest.raises(TrainingDiverged, match=r"train_irn: the loss is nan at epoch 1, step 1; .*max_grad_norm"):
+        train_irn.run(StageContext(dataset, run, config, stage="train_irn"))
+    assert not (run / "train_irn").exists()

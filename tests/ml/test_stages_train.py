@@ -318,3 +318,23 @@ def test_augmented_crops_are_unnormalised_and_padded_with_zero(tiny_dataset):
     data.epoch = 1
     assert not torch.equal(data[0]["image"], item["image"])
     assert to_tensor01(torch.zeros(2, 2, 3, dtype=torch.uint8).numpy()).shape == (3, 2, 2)
+
+
+def test_clipping_scales_gradients_down_to_the_limit_and_reports_the_norm_before(finished_run, aligned_clip):
+    dataset_root, out = finished_run
+    ctx = pole_context(out, dataset_root, aligned_clip, "pole")
+    objective = train_pole.build_objective(ctx, torch.device("cpu")).train()
+    data = TrainImages(ctx.dataset.images, 3, ctx.config.train_pole.augment)
+    batch = torch.utils.data.default_collate([data[i] for i in range(6)])
+
+    def gradient_norm() -> float:
+        grads = [p.grad.flatten() for p in objective.parameters() if p.grad is not None]
+        return float(torch.cat(grads).norm())
+
+    objective(batch["image"], batch["label"], batch["id"]).total.backward()
+    natural = gradient_norm()
+    assert train_pole.clip_gradients(objective, 0.0) == pytest.approx(natural, rel=1e-5)
+    assert gradient_norm() == pytest.approx(natural, rel=1e-5)  # 0 leaves them alone
+    limit = natural / 10
+    assert train_pole.clip_gradients(objective, limit) == pytest.approx(natural, rel=1e-5)
+    assert gradient_norm() == pytest.approx(limit, rel=1e-3)
