@@ -15,6 +15,7 @@ adaptors with their arguments), log.json (each loss term per step) and stage.jso
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -33,6 +34,8 @@ from ml.models.prompt_learners import build_prompt_strategy
 from ml.runtime import StageContext, atomic_dir, sha256_file, stage_done, write_json, write_stage_record
 from ml.stages.select_prompts import read_selections
 from ml.training import autocast, check_finite, poly_sgd, report_failed, training_images
+
+log = logging.getLogger("pole")
 
 
 class PoleObjective(nn.Module):
@@ -110,6 +113,22 @@ def clip_gradients(objective: PoleObjective, max_norm: float) -> float:
     return float(norm)
 
 
+SATURATED_SHARE = 0.25  # of the steps with no gradient at all, past which the run is flagged
+
+
+def saturation_warning(steps: list[dict]) -> list[str]:
+    """A warning when many steps had no gradient: every map stuck at 0 or 1, training did nothing."""
+    dead = sum(step["grad_norm"] == 0 for step in steps)
+    if not steps or dead < SATURATED_SHARE * len(steps):
+        return []
+    message = (
+        f"train_pole: {dead} of {len(steps)} steps had no gradient (the maps saturated); "
+        "set train_pole.max_grad_norm or lower the learning rates"
+    )
+    log.warning(message)
+    return [message]
+
+
 def run(ctx: StageContext) -> None:
     if stage_done(ctx.out, ctx.stage):
         return
@@ -149,6 +168,7 @@ def run(ctx: StageContext) -> None:
         )
         write_json(scratch / "log.json", {"steps": steps})
         notes = ["CLIP weights are random: the guidance is noise"] if clip_weights.source == "random" else []
+        notes += saturation_warning(steps)
         write_stage_record(
             scratch,
             ctx,

@@ -338,3 +338,11 @@ def test_clipping_scales_gradients_down_to_the_limit_and_reports_the_norm_before
     limit = natural / 10
     assert train_pole.clip_gradients(objective, limit) == pytest.approx(natural, rel=1e-5)
     assert gradient_norm() == pytest.approx(limit, rel=1e-3)
+
+
+def test_a_run_whose_maps_saturated_is_flagged():
+    healthy = [{"grad_norm": 3.0}] * 9 + [{"grad_norm": 0.0}]
+    stuck = [{"grad_norm": 379.0}, {"grad_norm": 46952.0}] + [{"grad_norm": 0.0}] * 8
+    assert train_pole.saturation_warning(healthy) == []
+    (warning,) = train_pole.saturation_warning(stuck)
+    assert "8 of 10 steps had no gradient" in warning and "max_grad_norm" in warning
