@@ -187,12 +187,17 @@ def pole_context(out: Path, dataset_root: Path, clip_file: str, prompt: str) -> 
     return StageContext(load_dataset(dataset_root), out, config, stage="train_pole")
 
 
-def test_pole_training_steps_reduce_the_loss(finished_run, aligned_clip):
+def pole_objective_and_batch(finished_run, aligned_clip) -> tuple[StageContext, train_pole.PoleObjective, dict]:
+    """train_pole's context, its objective in training mode and a batch of 6 augmented images."""
     dataset_root, out = finished_run
     ctx = pole_context(out, dataset_root, aligned_clip, "pole")
     objective = train_pole.build_objective(ctx, torch.device("cpu")).train()
     data = TrainImages(ctx.dataset.images, 3, ctx.config.train_pole.augment)
-    batch = torch.utils.data.default_collate([data[i] for i in range(6)])
+    return ctx, objective, torch.utils.data.default_collate([data[i] for i in range(6)])
+
+
+def test_pole_training_steps_reduce_the_loss(finished_run, aligned_clip):
+    ctx, objective, batch = pole_objective_and_batch(finished_run, aligned_clip)
     optimizer, _ = poly_sgd(objective.param_groups(), ctx.config.train_pole.optim, total_steps=100)
     losses = []
     for _ in range(4):
@@ -321,11 +326,7 @@ def test_augmented_crops_are_unnormalised_and_padded_with_zero(tiny_dataset):
 
 
 def test_clipping_scales_gradients_down_to_the_limit_and_reports_the_norm_before(finished_run, aligned_clip):
-    dataset_root, out = finished_run
-    ctx = pole_context(out, dataset_root, aligned_clip, "pole")
-    objective = train_pole.build_objective(ctx, torch.device("cpu")).train()
-    data = TrainImages(ctx.dataset.images, 3, ctx.config.train_pole.augment)
-    batch = torch.utils.data.default_collate([data[i] for i in range(6)])
+    _, objective, batch = pole_objective_and_batch(finished_run, aligned_clip)
 
     def gradient_norm() -> float:
         grads = [p.grad.flatten() for p in objective.parameters() if p.grad is not None]
