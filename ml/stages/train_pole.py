@@ -7,10 +7,12 @@ encoded by the frozen CLIP; text features come from the chosen prompt strategy; 
 map both; the loss is a*OTM + b*BTM + c*CBS + d*REG (ml/losses.py).
 
 Learning rates: backbone backbone_lr; classifier and adaptors head_lr (both are new layers);
-learnable prompt parts backbone_lr * prompt_lr_mult.
+learnable prompt parts backbone_lr * prompt_lr_mult. Gradients are clipped to max_grad_norm when it
+is set; a loss that is not finite stops the stage.
 
 Writes train_pole/model.pt (a CamNet checkpoint whose extra keys hold the prompt strategy and the
-adaptors with their arguments), log.json (each loss term per step) and stage.json.
+adaptors with their arguments), log.json (each loss term and the gradient norm per step) and
+stage.json (with a warning when the maps saturated).
 """
 
 from __future__ import annotations
