@@ -15,11 +15,8 @@ from PIL import Image
 
 from ml.config import AugmentConfig
 from ml.data import ImageRecord
-from ml.data.images import ImageError, read_image
+from ml.data.images import READ_ERRORS, read_image
 from ml.models.backbone import IMAGENET_MEAN, IMAGENET_STD
-
-# A damaged file (ImageError) or one that vanished or cannot be opened since the dataset was checked.
-READ_ERRORS = (ImageError, OSError)
 
 
 def imagenet_normalize(x01: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ml.config import PipelineConfig
 from ml.data import Dataset, ImageRecord
-from ml.data.images import ImageError, read_image
+from ml.data.images import READ_ERRORS, read_image
 
 log = logging.getLogger("pole")
 
@@ -75,7 +75,7 @@ class StageContext:
         """The RGB pixels of `record`, or None after listing it as failed (it cannot be read)."""
         try:
             return read_image(record.image)
-        except (ImageError, OSError) as err:  # corrupt, or gone from disk since the upload
+        except READ_ERRORS as err:
             self.fail_image(record.id, f"{self.stage}: cannot read {record.image.name}: {err}")
             return None
 

@@ -443,8 +443,8 @@ def evaluate(model, pool: ScenePool, model_name: str) -> dict:
     context_text = encode_texts(model, tokens, CONTEXT_NAMES)
     variant_class = torch.tensor([1 + CLASS_WORDS.index(c.name) for c in world.CLASSES for _ in c.variants])
     result: dict = {}
-    for name in ("none", "exact", "cam"):
-        pixels, labels, variants, scene = object_crops(pool, out_size, name)
+    for name, mask in (("crops", "none"), ("masked", "exact"), ("cam_masked", "cam")):
+        pixels, labels, variants, scene = object_crops(pool, out_size, mask)
         features = encode_pixels(model, pixels)
         by_variant = (features @ variant_text.T).argmax(dim=1)
         own_variant = (features * variant_text[variants]).sum(1)
@@ -453,7 +453,7 @@ def evaluate(model, pool: ScenePool, model_name: str) -> dict:
         context = pool.context_id[scene]
         on_context = context >= 0
         context_cos = (features[on_context] * context_text[context[on_context]]).sum(1)
-        result[{"none": "crops", "exact": "masked", "cam": "cam_masked"}[name]] = {
+        result[name] = {
             "objects": len(labels),
             "class_accuracy": _mean((features @ class_text.T).argmax(dim=1) + 1 == labels),
             "variant_accuracy": _mean(by_variant == variants),

@@ -35,6 +35,11 @@ class ImageError(ValueError):
     """A file that cannot be used as an image or mask; the message says why and what to do."""
 
 
+# What reading a checked file can still raise during a run: a damaged file (ImageError), or one
+# that vanished or cannot be opened since the dataset was checked (OSError).
+READ_ERRORS = (ImageError, OSError)
+
+
 def _describe_formats(formats: tuple[str, ...]) -> str:
     return formats[0] if len(formats) == 1 else ", ".join(formats[:-1]) + " or " + formats[-1]
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ml.config import ConfigError, config_to_dict
 from ml.data import ImageRecord
-from ml.data.images import ImageError, read_image, read_mask
+from ml.data.images import READ_ERRORS, read_image, read_mask
 from ml.device import pick_device, seed_everything
 from ml.metrics import IGNORE
 from ml.models.backbone import IMAGENET_MEAN, IMAGENET_STD
@@ -83,7 +83,7 @@ class SeedCrops(torch.utils.data.Dataset):
             image, seeds = seed_crop(
                 read_image(record.image), read_mask(self.seeds_dir / f"{record.id}.png"), self.crop, self.rescale, rng
             )
-        except (ImageError, OSError) as err:
+        except READ_ERRORS as err:
             error = f"train_irn: unreadable image or seeds: {err}"
             image = np.zeros((self.crop, self.crop, 3), np.float32)
             seeds = np.full((-(-self.crop // 4),) * 2, IGNORE, np.uint8)
