@@ -116,17 +116,15 @@ def best_threshold(run: Path, world: Path) -> dict:
     return sweep.report(dataset.classes)["best"]
 
 
-def chosen_words(run: Path, classes: list[str]) -> dict:
-    from ml.reports import word_shares
-
+def read_selections_rows(run: Path) -> list[dict]:
+    """select_prompts' rows (image, class, chosen word, scores); empty when the run selected no words."""
     path = run / "select_prompts" / "selections.jsonl"
     if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return word_shares(rows, classes)
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def selection_agreement(run: Path, world_info: dict) -> dict:
+def selection_agreement(rows: list[dict], world_info: dict) -> dict:
     """Per class, how select_prompts' choices relate to the objects the world really drew.
 
     Each image is re-rendered from (world seed, index) to learn the variant of every object:
@@ -135,13 +133,9 @@ def selection_agreement(run: Path, world_info: dict) -> dict:
     """
     from ml.data.world import render_scene, scene_rng
 
-    path = run / "select_prompts" / "selections.jsonl"
     counts = {name: {"variant": 0, "other": 0, "class": 0} for name in world_info["classes"]}
     scenes = {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in rows:
         index = int(row["image"].removeprefix("img"))
         if index not in scenes:
             scenes[index] = render_scene(scene_rng(world_info["seed"], index), world_info["size"])
@@ -221,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     command = ".venv/bin/python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     from ml.data.world import make_world
+    from ml.reports import word_shares
 
     # Idle OpenMP threads sleep instead of spinning: the runs share the cores (the `pole` command does the same).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -293,16 +288,17 @@ def main(argv: list[str] | None = None) -> int:
             "mask": mean_spread([r["mask"]["miou"] for r in per_seed.values()]),
             "per_seed": per_seed,
         }
-        if not results["chosen_words"]:
-            donor = run_dir(args.out, args.seeds[0], method)
-            results["chosen_words"] = chosen_words(donor, list(world_info["classes"]))
-            if results["chosen_words"]:
-                results["selection_agreement"] = selection_agreement(donor, world_info)
+        rows = [] if results["chosen_words"] else read_selections_rows(run_dir(args.out, args.seeds[0], method))
+        if rows:
+            results["chosen_words"] = word_shares(rows, list(world_info["classes"]))
+            results["selection_agreement"] = selection_agreement(rows, world_info)
     results["minutes"] = (time.monotonic() - started) / 60
     previous = args.results / "quality.json"
     if not any(timings.values()) and previous.is_file():
-        # Every run was already finished: this only re-rendered, so the cost is the earlier run's.
-        results["minutes"] = json.loads(previous.read_text()).get("minutes", results["minutes"])
+        # Every run was already finished: this only re-rendered, so the costs are the earlier run's.
+        earlier = json.loads(previous.read_text())
+        results["minutes"] = earlier.get("minutes", results["minutes"])
+        results["stage_seconds"] = earlier.get("stage_seconds", timings)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
