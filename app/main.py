@@ -13,10 +13,10 @@ from fastapi import FastAPI
 
 from app.db import create_db_engine, make_sessionmaker
 from app.errors import install_error_handlers
+from app.queue import create_celery
 from app.routes import datasets, health, jobs, results
 from app.settings import Settings
 from ml import __version__
-from worker.celery_app import create_celery
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -33,8 +33,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from ml.config import PipelineConfig, config_to_dict, resolve_config
 from ml.pipeline import stages_for
+from ml.spec.config import PipelineConfig, config_to_dict, resolve_config
 
 PRESET = "demo"
 CLIMS_LOSS = {"otm": 10.0, "btm": 24.0, "cbs": 1.0, "reg": 0.2}
@@ -65,9 +65,9 @@ def run_one(world: str, out: str, config: dict, threads: int, until: str | None 
     """One pipeline run in this (worker) process; returns its stage timings."""
     import torch
 
-    from ml.config import config_from_dict
     from ml.data import load_dataset
     from ml.pipeline import run_pipeline
+    from ml.spec.config import config_from_dict
 
     torch.set_num_threads(threads)
     summary = run_pipeline(load_dataset(Path(world)), Path(out), config_from_dict(config), until=until)
@@ -102,10 +102,10 @@ def best_threshold(run: Path, world: Path) -> dict:
     import numpy as np
 
     from ml.cam_files import cam_path, load_cams
-    from ml.config import config_from_dict
     from ml.data import load_dataset
     from ml.data.images import read_mask
     from ml.metrics import ThresholdSweep, sweep_thresholds
+    from ml.spec.config import config_from_dict
 
     dataset = load_dataset(world)
     config = config_from_dict(json.loads((run / "config.json").read_text()))

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ml.config import AugmentConfig
 from ml.data import ImageRecord
 from ml.data.images import READ_ERRORS, read_image
 from ml.models.backbone import IMAGENET_MEAN, IMAGENET_STD
+from ml.spec.config import AugmentConfig
 
 
 def imagenet_normalize(x01: torch.Tensor) -> torch.Tensor:

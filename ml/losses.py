@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ml.config import LossWeights
+from ml.spec.config import LossWeights
 
 SIM_MIN, SIM_MAX = 1e-4, 0.9999
 

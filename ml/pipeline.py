@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ml.config import PipelineConfig, config_to_dict
 from ml.data import Dataset
 from ml.runtime import CancelFn, ProgressFn, StageContext, stage_done, write_json
+from ml.spec.config import PipelineConfig, config_to_dict
 
 log = logging.getLogger("pole")
 

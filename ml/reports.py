@@ -2,7 +2,7 @@
 
 - `word_shares`: per class, the share of its (image, class) selections that chose each candidate;
 - `radar_figure`: one radar per class, an axis per candidate word, the radius its share;
-- `contact_sheet`: rows of image | ground truth | pseudo mask (overlays from ml.overlays);
+- `contact_sheet`: rows of image | ground truth | pseudo mask (overlays from ml.data.overlays);
 - `miou_table` / `word_share_table`: the same numbers as plain text for a terminal;
 - `background_only_miou`: the score of calling every pixel background, the floor a mask must beat.
 
@@ -23,9 +23,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
+from ml.data.overlays import mask_overlay
 from ml.data.palette import VOC_PALETTE
 from ml.metrics import confusion_matrix, scores
-from ml.overlays import mask_overlay
 
 SHEET_COLUMNS = ("image", "ground truth", "pseudo mask")
 HEADER_HEIGHT = 16  # column titles above the first row

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ml.config import PipelineConfig
 from ml.data import Dataset, ImageRecord
 from ml.data.images import READ_ERRORS, read_image
+from ml.spec.config import PipelineConfig
 
 log = logging.getLogger("pole")
 

@@ -7,9 +7,9 @@ import contextlib
 
 import torch
 
-from ml.config import OptimConfig
 from ml.data import ImageRecord
 from ml.runtime import StageContext
+from ml.spec.config import OptimConfig
 
 
 class TrainingDiverged(RuntimeError):

@@ -90,11 +90,11 @@ class JobRun:
 
     def execute(self) -> None:
         """Run (or resume) the pipeline and record how it ended. Transient DB errors propagate."""
-        from ml.config import config_from_dict
         from ml.data import DatasetError
         from ml.data.readers import read_dataset
         from ml.pipeline import overall_progress, run_pipeline
         from ml.runtime import Cancelled
+        from ml.spec.config import config_from_dict
 
         with self.sessions() as session:
             job = session.get(Job, self.job_id)

@@ -23,8 +23,8 @@ from sqlalchemy.pool import NullPool
 
 from app.db import create_db_engine, make_sessionmaker
 from app.models import Job, JobState, utcnow
+from app.queue import send_run_job
 from app.settings import Settings
-from worker.celery_app import send_run_job
 from worker.jobs import TRANSIENT_ERRORS
 
 log = logging.getLogger("pole.reaper")

@@ -9,8 +9,8 @@ from celery import Task, shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import create_db_engine, make_sessionmaker
+from app.queue import RUN_JOB
 from app.settings import Settings
-from worker.celery_app import RUN_JOB
 from worker.jobs import TRANSIENT_ERRORS, claim
 
 log = logging.getLogger("pole.worker")

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from app.deps import CeleryDep, CurrentKey, OwnedJob, PageParams, SessionDep, SettingsDep
-from app.jobs import cancel_job, create_job, job_out
+from app.job_service import cancel_job, create_job, job_out
 from app.models import Job, JobState
 from app.pagination import paginate
 from app.schemas import JobCreate, JobOut, Page

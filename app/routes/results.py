@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from app.deps import OwnedJob, PageParams, SessionDep, SettingsDep
 from app.errors import ApiError
-from app.jobs import stage_metrics_out
+from app.job_service import stage_metrics_out
 from app.models import Image, Job, JobState, Selection
 from app.pagination import paginate
 from app.schemas import JobImageOut, MetricsOut, Page, SelectionOut
@@ -119,7 +119,7 @@ def get_mask(image_id: str, job: OwnedJob, session: SessionDep, settings: Settin
 def get_overlay(image_id: str, job: OwnedJob, session: SessionDep, settings: SettingsDep) -> Response:
     """The image with its pseudo mask blended over it."""
     from ml.data.images import read_image, read_mask
-    from ml.overlays import mask_overlay_png
+    from ml.data.overlays import mask_overlay_png
 
     row = _job_image(session, job, image_id)
     mask = _result_file(job, image_id, mask_path(settings, job.id, image_id), "mask")
@@ -131,7 +131,7 @@ def get_overlay(image_id: str, job: OwnedJob, session: SessionDep, settings: Set
 def get_cams(image_id: str, job: OwnedJob, session: SessionDep, settings: SettingsDep) -> Response:
     """One heat map per tagged class: the class activation maps the masks grew from."""
     from ml.data.images import read_image
-    from ml.overlays import cam_heatmaps_png
+    from ml.data.overlays import cam_heatmaps_png
 
     row = _job_image(session, job, image_id)
     path = _result_file(job, image_id, cams_path(settings, job.id, image_id), "class activation maps")

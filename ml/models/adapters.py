@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml.config import ADAPTORS
+from ml.spec.config import ADAPTORS
 
 
 class Adaptor(nn.Module):

@@ -6,9 +6,9 @@ Each mask is re-labelled among its own labels (background and the image's tags) 
 
 from __future__ import annotations
 
-from ml.crf import crf_mask
 from ml.data.images import read_mask
 from ml.data.palette import save_mask_png
+from ml.dense_crf import crf_mask
 from ml.runtime import StageContext, atomic_dir, write_stage_record
 
 

@@ -20,9 +20,9 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from ml.config import config_to_dict
 from ml.data.palette import labelmap_txt
 from ml.runtime import StageContext, atomic_dir, write_json, write_stage_record
+from ml.spec.config import config_to_dict
 from ml.stages.eval_masks import final_masks_dir
 
 ARCHIVE = "pole_masks.zip"

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from ml.cam_files import cam_path, load_cams
-from ml.config import CrfParams
-from ml.crf import crf_labels
 from ml.data.palette import save_mask_png
+from ml.dense_crf import crf_labels
 from ml.metrics import IGNORE
 from ml.runtime import StageContext, atomic_dir, write_stage_record
+from ml.spec.config import CrfParams
 
 
 def crf_map(image_rgb: np.ndarray, cams: np.ndarray, keys: np.ndarray, bg_score: float, params: CrfParams):

@@ -10,12 +10,12 @@ import math
 
 import torch
 
-from ml.config import TrainCamConfig, config_to_dict
 from ml.device import pick_device, seed_everything
 from ml.loaders import TrainImages, imagenet_normalize, train_loader
 from ml.losses import classification_loss
 from ml.models.cam_net import CamNet, save_cam_net
 from ml.runtime import StageContext, atomic_dir, stage_done, write_json, write_stage_record
+from ml.spec.config import TrainCamConfig, config_to_dict
 from ml.training import autocast, check_finite, poly_sgd, report_failed, training_images
 
 log = logging.getLogger("pole")

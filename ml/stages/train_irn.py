@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ml.config import ConfigError, config_to_dict
 from ml.data import ImageRecord
 from ml.data.images import READ_ERRORS, read_image, read_mask
 from ml.device import pick_device, seed_everything
@@ -27,6 +26,7 @@ from ml.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 from ml.models.cam_net import load_cam_net
 from ml.models.irn import EdgeNet, affinity_loss, path_affinities, save_edge_net
 from ml.runtime import StageContext, atomic_dir, sha256_file, write_json, write_stage_record
+from ml.spec.config import ConfigError, config_to_dict
 from ml.stages.make_cams import cam_checkpoint
 from ml.training import autocast, check_finite, poly_sgd, report_failed, training_images
 

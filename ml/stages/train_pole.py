@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml.config import TrainPoleConfig, config_to_dict
 from ml.device import pick_device, seed_everything
 from ml.loaders import TrainImages, imagenet_normalize, train_loader
 from ml.losses import PoleLoss, pole_loss
@@ -34,6 +33,7 @@ from ml.models.cam_net import CamNet, load_cam_net, save_cam_net
 from ml.models.clip_encoder import FrozenClip
 from ml.models.prompt_learners import build_prompt_strategy
 from ml.runtime import StageContext, atomic_dir, sha256_file, stage_done, write_json, write_stage_record
+from ml.spec.config import TrainPoleConfig, config_to_dict
 from ml.stages.select_prompts import read_selections
 from ml.training import autocast, check_finite, poly_sgd, report_failed, training_images
 

@@ -109,7 +109,7 @@ class WorkerProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker", "--name", self.name, "--loglevel", "INFO"],
+                [sys.executable, "-m", "pole.cli", "worker", "--name", self.name, "--loglevel", "INFO"],
                 env=settings_env(self.settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from app.cli import build_parser
-from app.commands import cmd_serve, cmd_worker
 from app.settings import Settings
+from pole.cli import build_parser
+from pole.commands.service import cmd_serve, cmd_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 

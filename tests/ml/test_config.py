@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ml.config import ConfigError, available_presets, config_from_dict, config_to_dict, resolve_config
+from ml.spec.config import ConfigError, available_presets, config_from_dict, config_to_dict, resolve_config
 
 
 def test_paper_preset_is_the_method_numbers():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.config import config_to_dict, resolve_config
 from ml.data import Dataset, ImageRecord
 from ml.data.images import read_mask
 from ml.data.palette import labelmap_txt, save_mask_png
 from ml.runtime import StageContext, write_json
+from ml.spec.config import config_to_dict, resolve_config
 from ml.stages import export
 
 CLASSES = ["cat", "dog"]

@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ml.config import ConfigError, config_to_dict, resolve_config
 from ml.data import Dataset, ImageRecord
 from ml.data.palette import save_mask_png
 from ml.models.cam_net import CamNet, save_cam_net
 from ml.models.irn import EdgeNet, affinity_loss, displacements, load_edge_net, pair_labels, save_edge_net
 from ml.runtime import StageContext
+from ml.spec.config import ConfigError, config_to_dict, resolve_config
 from ml.stages import train_irn
 from ml.stages.train_irn import seed_crop, stride4_labels, train_step
 from ml.training import TrainingDiverged

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ml.config import LossWeights
 from ml.losses import SIM_MAX, SIM_MIN, btm_loss, cbs_loss, classification_loss, otm_loss, pole_loss, reg_loss
 from ml.models.adapters import Adaptor
+from ml.spec.config import LossWeights
 
 
 def unit(angle: float) -> list[float]:

@@ -107,10 +107,10 @@ def test_sweep_matches_scoring_each_threshold_alone():
 
 def test_eval_stages_score_files_per_split_and_list_unreadable_ground_truth(tmp_path):
     from ml.cam_files import save_cams
-    from ml.config import resolve_config
     from ml.data import Dataset, ImageRecord
     from ml.data.palette import save_mask_png
     from ml.runtime import StageContext
+    from ml.spec.config import resolve_config
     from ml.stages import eval_cams, eval_masks
 
     run = tmp_path / "run"

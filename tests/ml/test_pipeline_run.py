@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from ml.cam_files import cam_path, load_cams
-from ml.config import config_to_dict, resolve_config
 from ml.data import load_dataset
 from ml.data.images import read_image, read_mask
 from ml.models.cam_net import CamNet, save_cam_net
 from ml.pipeline import run_pipeline
 from ml.runtime import Cancelled, StageContext
+from ml.spec.config import config_to_dict, resolve_config
 from ml.stages import make_cams
 from ml.stages.make_cams import multiscale_cams, normalise_images
 
@@ -174,7 +174,7 @@ def test_cancel_between_batches_leaves_no_half_stage_and_resume_finishes(tiny_da
 
 
 def _pole(argv: list[str]) -> int:
-    from app.cli import main
+    from pole.cli import main
 
     return main(argv)
 

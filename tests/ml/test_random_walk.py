@@ -101,8 +101,8 @@ def test_walk_labels_scale_by_the_global_max_and_keep_a_constant_background():
 
 
 def test_refine_handles_images_larger_than_512_px():
-    from ml.config import RefineConfig
     from ml.models.irn import EdgeNet
+    from ml.spec.config import RefineConfig
     from ml.stages.refine import refine_image
 
     image = np.full((520, 600, 3), 90, np.uint8)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ml.data.overlays import mask_overlay
 from ml.data.palette import VOC_PALETTE
-from ml.overlays import mask_overlay
 from ml.reports import (
     CAPTION_HEIGHT,
     GAP,

@@ -5,11 +5,11 @@ import pytest
 from PIL import Image
 
 from ml.cam_files import save_cams
-from ml.config import CrfParams, MakeSeedsConfig, resolve_config
-from ml.crf import crf_labels, crf_mask
 from ml.data import Dataset, ImageRecord
 from ml.data.images import read_mask
+from ml.dense_crf import crf_labels, crf_mask
 from ml.runtime import StageContext
+from ml.spec.config import CrfParams, MakeSeedsConfig, resolve_config
 from ml.stages import make_seeds
 from ml.stages.make_seeds import combine_seeds, seeds_from_cams
 

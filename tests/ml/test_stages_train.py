@@ -10,8 +10,6 @@ import open_clip
 import pytest
 import torch
 
-from app.cli import main as pole
-from ml.config import resolve_config
 from ml.data import Dataset, ImageRecord, load_dataset
 from ml.device import seed_everything
 from ml.loaders import TrainImages, to_tensor01
@@ -19,9 +17,11 @@ from ml.models.cam_net import CamNet, load_cam_net
 from ml.models.clip_encoder import FrozenClip, cosine
 from ml.pipeline import run_pipeline
 from ml.runtime import Cancelled, StageContext, sha256_file
+from ml.spec.config import resolve_config
 from ml.stages import train_cam, train_pole
 from ml.stages.select_prompts import choose_words, masked_images
 from ml.training import poly_sgd, training_images
+from pole.cli import main as pole
 from tests.conftest import make_tiny_dataset
 
 SMALL_AUGMENT = {"resize_long": [48, 80], "crop_size": 64}

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.cli import main
 from ml import world_clip
 from ml.data import world
 from ml.models.clip_encoder import FrozenClip, cosine
 from ml.runtime import sha256_file
 from ml.weights import SHIPPED_CLIP, resolve_clip
+from pole.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
 from ml.data import load_dataset
 from ml.data.images import read_mask
 from ml.data.world import make_world
 from ml.reports import background_only_miou
+from pole.cli import main
 
 # The demo preset shortened to fit the default suite: a small world, every image trained on (pseudo
 # masks are for the images a user gives, no held-out split needed), one epoch of CLIP guidance.

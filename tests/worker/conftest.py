@@ -8,8 +8,8 @@ import pytest
 
 from app.db import create_db_engine, make_sessionmaker, session_scope, upgrade
 from app.models import ApiKey, Dataset, Job, JobState, utcnow
+from app.queue import create_celery
 from tests.app.service import make_settings
-from worker.celery_app import create_celery
 
 
 @pytest.fixture

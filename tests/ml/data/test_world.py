@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.cli import main
-from ml.config import resolve_config
 from ml.data import load_dataset, world
+from ml.spec.config import resolve_config
+from pole.cli import main
 
 
 def read_rows(root: Path) -> list[dict]:

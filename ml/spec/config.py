@@ -1,6 +1,6 @@
 """Typed pipeline configuration: one dataclass per stage, presets as JSON data.
 
-Defaults are the paper's numbers (METHOD.md); a preset (`ml/presets/<name>.json`) overrides some of
+Defaults are the paper's numbers (METHOD.md); a preset (`ml/spec/presets/<name>.json`) overrides some of
 them, a user's config file or a job's overrides go on top. `resolve_config` returns the object with
 every default filled in; `config_to_dict` is what gets saved beside every output and in every
 checkpoint, so a run can be rebuilt from its files alone.

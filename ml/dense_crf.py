@@ -6,7 +6,7 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels
 
-from ml.config import CrfParams
+from ml.spec.config import CrfParams
 
 
 def crf_labels(image_rgb: np.ndarray, labels: np.ndarray, num_labels: int, params: CrfParams) -> np.ndarray:

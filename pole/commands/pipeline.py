@@ -12,9 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ml import world_cli
-from ml.config import ConfigError, available_presets, load_config_file, resolve_config
 from ml.data import DatasetError
+from ml.spec.config import ConfigError, available_presets, load_config_file, resolve_config
 
 STAGE_NAMES = [
     "train-cam",
@@ -44,8 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", choices=STAGE_NAMES)
     _dataset_args(p)
     p.set_defaults(func=cmd_stage)
-
-    world_cli.register(sub)
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
-"""The Celery app, built from Settings. The API sends tasks by name with it and never imports the
-task code (nor torch); `pole worker` adds the tasks and runs it.
+"""The job queue: one Celery app, built from Settings, for both ends. The API sends tasks by name
+with it and never imports the task code (nor torch); `pole worker` registers worker.tasks on the
+same app and consumes.
 
 Delivery: late acks, reject when a worker child dies, one message reserved at a time, so a job
 whose worker vanished is not lost silently. The database stays the source of truth: a job that a

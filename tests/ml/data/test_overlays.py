@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ml.data.overlays import CAPTION_HEIGHT, cam_heatmaps, cam_heatmaps_png, mask_overlay, mask_overlay_png, png_bytes
 from ml.data.palette import VOC_PALETTE
-from ml.overlays import CAPTION_HEIGHT, cam_heatmaps, cam_heatmaps_png, mask_overlay, mask_overlay_png, png_bytes
 
 
 def _image(height: int = 30, width: int = 40) -> np.ndarray:
@@ -60,5 +60,5 @@ def test_png_helpers_give_decodable_pngs():
 
 
 def test_overlays_import_without_torch():
-    code = "import sys, ml.overlays; sys.exit('torch' in sys.modules)"
+    code = "import sys, ml.data.overlays; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

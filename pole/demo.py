@@ -136,7 +136,7 @@ class EmbeddedService:
         with open(self.log_path, "ab") as log:
             # Its own session: a Ctrl-C reaches the demo alone, which then stops the service in order.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "pole.cli", "serve", "--port", str(self.port)],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -167,7 +167,7 @@ class EmbeddedService:
     def create_key(self, name: str) -> str:
         """`pole keys create`, as an operator would run it; the key is printed once on stdout."""
         result = subprocess.run(
-            [sys.executable, "-m", "app.cli", "keys", "create", "--name", name],
+            [sys.executable, "-m", "pole.cli", "keys", "create", "--name", name],
             env=self.env,
             capture_output=True,
             text=True,
@@ -333,7 +333,7 @@ def print_report(
 def write_figures(out: Path, archive: Path, images: list[dict], selections: list[dict], classes: list[str]) -> dict:
     """The contact sheet (held-out images first) and the radar of chosen words; returns their paths."""
     from ml.data.images import read_image, read_mask
-    from ml.overlays import png_bytes
+    from ml.data.overlays import png_bytes
     from ml.reports import SheetRow, contact_sheet, figure_png, radar_figure, word_shares
 
     shown = sorted(images, key=lambda im: (im["split"] != "val", im["id"]))[:SHEET_IMAGES]

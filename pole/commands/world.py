@@ -1,6 +1,6 @@
 """`pole world make` and `pole world train-clip`: the sample world and its tiny CLIP from a terminal.
 
-Argument parsing only at import (torch loads inside `train-clip`), like ml/cli.py.
+Argument parsing only at import (torch loads inside `train-clip`), like the pipeline commands.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `pole` command: pipeline commands from ml.cli plus the service's own commands."""
+"""The `pole` command: the pipeline, the sample world, the service and the demo, one module each."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import argparse
 import os
 import sys
 
-from app import commands as service_commands
-from app import demo
-from ml import cli as ml_cli
+from pole import demo
+from pole.commands import pipeline, service, world
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,9 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="pole: pixel pseudo masks from image-level tags (POLE + IRNet).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    ml_cli.register(sub)
-    service_commands.register(sub)
-    demo.register(sub)
+    for group in (pipeline, world, service, demo):
+        group.register(sub)
     return parser
 
 

@@ -16,12 +16,12 @@ from tests.app.service import free_port, make_settings, settings_env
 
 def pole(settings, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], env=settings_env(settings), capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pole.cli", *args], env=settings_env(settings), capture_output=True, text=True, timeout=60
     )
 
 
 def test_help_lists_the_service_commands():
-    result = subprocess.run([sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "pole.cli", "--help"], capture_output=True, text=True, timeout=60)
     for command in ("serve", "worker", "db", "keys", "run"):
         assert f"    {command} " in result.stdout
 
@@ -73,7 +73,7 @@ def test_serve_runs_api_and_worker_and_stops_both_on_ctrl_c(tmp_path):
     settings = make_settings(tmp_path / "data")
     port = free_port()
     serve = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "pole.cli", "serve", "--port", str(port)],
         env=settings_env(settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session
 
 from app.errors import ApiError
 from app.models import ApiKey, Dataset, Job, JobState, utcnow
+from app.queue import send_run_job
 from app.schemas import JobCreate, JobOut, StageMetricsOut, StageOut
 from app.settings import Settings
-from ml.config import ConfigError, config_to_dict, resolve_config
-from worker.celery_app import send_run_job
+from ml.spec.config import ConfigError, config_to_dict, resolve_config
 
 log = logging.getLogger("pole.api")
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.cli import main
-from app.demo import DemoError, prepare_output
 from ml.data.world import class_names
 from ml.reports import CAPTION_HEIGHT, HEADER_HEIGHT, SHEET_COLUMNS
+from pole.cli import main
+from pole.demo import DemoError, prepare_output
 
 # A pipeline short enough for a test about the demo's plumbing rather than mask quality.
 FAST_CONFIG = {

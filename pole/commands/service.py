@@ -132,7 +132,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import worker.tasks  # noqa: F401  (registers the task with every Celery app)
-    from worker.celery_app import create_celery
+    from app.queue import create_celery
     from worker.reaper import ReaperStep
 
     settings = _settings()
@@ -167,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker = None
     if not args.no_worker:
         # Its own session: Ctrl-C reaches only us, and we stop the worker in order below.
-        command = [sys.executable, "-m", "app.cli", "worker", "--name", f"pole-serve@{socket.gethostname()}"]
+        command = [sys.executable, "-m", "pole.cli", "worker", "--name", f"pole-serve@{socket.gethostname()}"]
         worker = subprocess.Popen(command, start_new_session=True)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")

@@ -1,6 +1,6 @@
 import time
 
-from app.cli import main
+from pole.cli import main
 from tests.conftest import make_tiny_dataset
 
 

@@ -1,0 +1,4 @@
+"""What stands outside the server: the `pole` command, the demo, and clients of the API.
+
+This package may import everything; nothing imports it.
+"""

@@ -1,0 +1,1 @@
+"""The `pole` command's subcommands, one module per group; each exposes `register(subparsers)`."""
