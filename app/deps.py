@@ -74,7 +74,7 @@ OwnedJob = Annotated[Job, Depends(get_owned_job)]
 
 def page_params(
     settings: SettingsDep,
-    cursor: Annotated[str | None, Query(description="next_cursor from the previous page")] = None,
+    cursor: Annotated[str | None, Query(max_length=1024, description="next_cursor from the previous page")] = None,
     limit: Annotated[int | None, Query(ge=1, description="items per page (server default and maximum apply)")] = None,
 ) -> tuple[str | None, int]:
     return cursor, min(limit or settings.page_size, settings.max_page_size)

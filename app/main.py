@@ -16,7 +16,7 @@ from app.errors import install_error_handlers
 from app.queue import create_celery
 from app.routes import datasets, health, jobs, results
 from app.settings import Settings
-from ml import __version__
+from ml.spec import __version__
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -12,6 +12,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.errors import ApiError
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def encode_cursor(values: Sequence) -> str:
     plain = [v.isoformat() if isinstance(v, datetime) else v for v in values]
@@ -23,12 +25,25 @@ def decode_cursor(cursor: str, columns: Sequence[InstrumentedAttribute]) -> list
         values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if not isinstance(values, list) or len(values) != len(columns):
             raise ValueError("wrong shape")
-        return [
-            datetime.fromisoformat(v) if col.type.python_type is datetime else col.type.python_type(v)
-            for v, col in zip(values, columns, strict=True)
-        ]
-    except (ValueError, TypeError, NotImplementedError) as err:
+        return [_sort_value(v, col.type.python_type) for v, col in zip(values, columns, strict=True)]
+    except (ValueError, TypeError, RecursionError) as err:
         raise ApiError(400, "invalid cursor; pass the next_cursor of the previous page unchanged") from err
+
+
+def _sort_value(value, kind: type):
+    """A cursor value as the column's type, strictly: a forged cursor must not reach the database."""
+    if kind is datetime:
+        if not isinstance(value, str):
+            raise TypeError("expected a timestamp")
+        return datetime.fromisoformat(value)
+    if kind is int:
+        # Databases keep 64-bit integers; bigger ones (or 1e400 read as infinity) are forgeries.
+        if isinstance(value, bool) or not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError("expected a 64-bit integer")
+        return value
+    if not isinstance(value, kind):
+        raise TypeError(f"expected {kind.__name__}")
+    return value
 
 
 def paginate(

@@ -5,7 +5,8 @@ same app and consumes.
 Delivery: late acks, reject when a worker child dies, one message reserved at a time, so a job
 whose worker vanished is not lost silently. The database stays the source of truth: a job that a
 broker cannot redeliver (the embedded file queue forgets what a killed worker had taken) is
-requeued from its row by worker.reaper.
+requeued from its row by worker.reaper, and one whose pool process died under a live worker is
+requeued at once by worker.child_death.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     <data dir>/uploads/   request bodies being received and archives being validated (transient)
     <data dir>/datasets/<dataset id>/   an accepted dataset, extracted
-    <data dir>/jobs/<job id>/           the job's run directory (ml.stages contract; export/ inside)
+    <data dir>/jobs/<job id>/           the job's run directory (its files: ml.spec.layout)
 
 Rows store paths relative to the data directory, so workers may mount it elsewhere.
 """
@@ -18,6 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import ApiError
 from app.settings import Settings
+from ml.spec.layout import RunLayout
 
 MULTIPART_OVERHEAD = 64 << 10  # boundaries and part headers around the file itself
 
@@ -30,17 +31,8 @@ def dataset_dir(settings: Settings, relative: str) -> Path:
     return settings.data_dir / relative
 
 
-# Inside a job's run directory (the ml.stages contract).
-def archive_path(settings: Settings, job_id: str) -> Path:
-    return job_dir(settings, job_id) / "export" / "pole_masks.zip"
-
-
-def mask_path(settings: Settings, job_id: str, image_id: str) -> Path:
-    return job_dir(settings, job_id) / "export" / "masks" / "SegmentationClass" / f"{image_id}.png"
-
-
-def cams_path(settings: Settings, job_id: str, image_id: str) -> Path:
-    return job_dir(settings, job_id) / "make_cams" / f"{image_id}.npz"
+def run_layout(settings: Settings, job_id: str) -> RunLayout:
+    return RunLayout(job_dir(settings, job_id))
 
 
 def remove_path(path: Path) -> None:

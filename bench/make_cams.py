@@ -24,15 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from ml.loaders import images_to_tensor01
+from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import CamNet
-from ml.stages.make_cams import fold_batchnorm, multiscale_cams, normalise_images, scaled_size, stride4_size
+from ml.stages.make_cams import fold_batchnorm, multiscale_cams, scaled_size, stride4_size
 
 
 def one_pass_at_a_time(net: CamNet, image: np.ndarray, keys, scales) -> tuple[torch.Tensor, torch.Tensor]:
     """The baseline: each scale, and each flip of it, is its own forward pass of one image."""
     device = next(net.parameters()).device
     height, width = image.shape[:2]
-    x = normalise_images([image], device)
+    x = imagenet_normalize(images_to_tensor01([image], device))
     index = torch.as_tensor(keys, device=device) - 1
     full = torch.zeros(len(keys), height, width, device=device)
     strided = torch.zeros(len(keys), *stride4_size(height, width), device=device)

@@ -33,8 +33,9 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from ml.pipeline import stages_for
 from ml.spec.config import PipelineConfig, config_to_dict, resolve_config
+from ml.spec.layout import RunLayout
+from ml.spec.registry import stages_for
 
 PRESET = "demo"
 CLIMS_LOSS = {"otm": 10.0, "btm": 24.0, "cbs": 1.0, "reg": 0.2}
@@ -88,9 +89,10 @@ def share_stages(donor: Path, run: Path, config: PipelineConfig) -> None:
 
 def split_scores(run: Path, stage: str) -> dict:
     """The held-out split's scores from an evaluation stage's metrics.json (mIoU and IoU per label)."""
-    metrics = json.loads((run / stage / "metrics.json").read_text())
+    path = RunLayout(run).metrics(stage)
+    metrics = json.loads(path.read_text())
     if SPLIT not in metrics.get("splits", {}):
-        raise RuntimeError(f"{run / stage}/metrics.json has no {SPLIT!r} split; is the world made with a holdout?")
+        raise RuntimeError(f"{path} has no {SPLIT!r} split; is the world made with a holdout?")
     return metrics["splits"][SPLIT]
 
 
@@ -99,29 +101,24 @@ def best_threshold(run: Path, world: Path) -> dict:
 
     A report, not a method: picking the threshold this way looks at the ground truth.
     """
-    import numpy as np
-
-    from ml.cam_files import cam_path, load_cams
     from ml.data import load_dataset
     from ml.data.images import read_mask
     from ml.metrics import ThresholdSweep, sweep_thresholds
     from ml.spec.config import config_from_dict
 
     dataset = load_dataset(world)
-    config = config_from_dict(json.loads((run / "config.json").read_text()))
+    layout = RunLayout(run)
+    config = config_from_dict(layout.read_config())
     sweep = ThresholdSweep(sweep_thresholds(*config.eval.sweep), dataset.num_classes + 1)
     for record in dataset.split(SPLIT):
-        cams = load_cams(cam_path(run, record.id))
-        sweep.add(read_mask(record.mask), cams.cam.astype(np.float32), cams.keys)
+        cams = layout.read_cams(record.id)
+        sweep.add(read_mask(record.mask), cams.cam, cams.keys)
     return sweep.report(dataset.classes)["best"]
 
 
 def read_selections_rows(run: Path) -> list[dict]:
     """select_prompts' rows (image, class, chosen word, scores); empty when the run selected no words."""
-    path = run / "select_prompts" / "selections.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return RunLayout(run).read_selections()
 
 
 def selection_agreement(rows: list[dict], world_info: dict) -> dict:
@@ -131,7 +128,7 @@ def selection_agreement(rows: list[dict], world_info: dict) -> dict:
     "variant" = the word of a variant present in the image, "other" = the other variant's word,
     "class" = the class name. A CLIP that reads the objects picks "variant" far more than "other".
     """
-    from ml.data.world import render_scene, scene_rng
+    from ml.world.scenes import render_scene, scene_rng
 
     counts = {name: {"variant": 0, "other": 0, "class": 0} for name in world_info["classes"]}
     scenes = {}
@@ -214,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = ".venv/bin/python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    from ml.data.world import make_world
     from ml.reports import word_shares
+    from ml.world.dataset import make_world
 
     # Idle OpenMP threads sleep instead of spinning: the runs share the cores (the `pole` command does the same).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -1,7 +1,7 @@
 """Images as tensors for the torch stages: training augmentation and plain full-size reads.
 
 Images stay un-normalised floats in [0, 1] here. The CAM network gets them ImageNet-normalised
-(`imagenet_normalize`); CLIP gets the same [0, 1] pixels and normalises them with its own
+(`ml.models.backbone.imagenet_normalize`); CLIP gets the same [0, 1] pixels and normalises them with its own
 statistics (FrozenClip.encode_images), so masked images are built before any normalisation.
 """
 
@@ -15,20 +15,17 @@ from PIL import Image
 
 from ml.data import ImageRecord
 from ml.data.images import READ_ERRORS, read_image
-from ml.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 from ml.spec.config import AugmentConfig
-
-
-def imagenet_normalize(x01: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> the CAM network's input."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
-    return (x01 - mean) / std
 
 
 def to_tensor01(rgb: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (3, H, W) float in [0, 1]."""
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+
+
+def images_to_tensor01(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Same-sized (H, W, 3) uint8 RGB images -> (B, 3, H, W) float in [0, 1] on `device`."""
+    return torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
 
 
 def multi_hot(tags: Sequence[int], num_classes: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE = 255
+from ml.data.palette import IGNORE
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_labels: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """What every stage is handed, and the two rules every stage keeps (atomic outputs, cancel checks).
 
-A stage is a function `run(ctx: StageContext) -> None`. It reads earlier stages' outputs under
-`ctx.out`, writes its own into `ctx.stage_dir(name)` through `atomic_dir`, reports progress with
+A stage is a function `run(ctx: StageContext) -> None`. It reads earlier stages' outputs through
+`ctx.layout` (ml.spec.layout), writes its own into `ctx.stage_dir()` through `atomic_dir`, reports progress with
 `ctx.progress(fraction, message)` and calls `ctx.check_cancel()` between batches. A stage whose
 directory exists is finished; a half-written one only ever exists as `<name>.partial` and is
 wiped on the next start.
@@ -23,7 +23,9 @@ from pathlib import Path
 
 from ml.data import Dataset, ImageRecord
 from ml.data.images import READ_ERRORS, read_image
-from ml.spec.config import PipelineConfig
+from ml.spec.config import PipelineConfig, config_to_dict
+from ml.spec.layout import STAGE_RECORD, RunLayout
+from ml.spec.registry import STAGE_BY_NAME
 
 log = logging.getLogger("pole")
 
@@ -57,15 +59,26 @@ class StageContext:
         if self.should_cancel and self.should_cancel():
             raise Cancelled(f"cancelled during {self.stage}")
 
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.out)
+
     def stage_dir(self, name: str | None = None) -> Path:
-        return self.out / (name or self.stage)
+        return self.layout.stage_dir(name or self.stage)
+
+    def checkpoint(self, stage: str) -> Path:
+        """The checkpoint an earlier stage of this run saved; a clear error when it has not run."""
+        path = self.layout.checkpoint(stage)
+        if not path.is_file():
+            command = stage.replace("_", "-")
+            raise FileNotFoundError(f"{path} is missing; run the {stage} stage first (pole stage {command})")
+        return path
 
     def fail_image(self, image_id: str, reason: str) -> None:
         """An image that cannot be processed is dropped from the run and listed, not fatal."""
         log.warning("image %s failed: %s", image_id, reason)
         self.failed_images[image_id] = reason
-        path = self.out / "failed_images.json"
-        path.write_text(json.dumps(self.failed_images, indent=2, sort_keys=True))
+        write_json(self.layout.failed_images, self.failed_images)
 
     def usable_images(self):
         """The dataset's images minus those failed by an earlier stage of this run."""
@@ -89,10 +102,6 @@ class StageContext:
             if image is not None:
                 yield record, image
             self.progress((index + 1) / len(records), f"{index + 1}/{len(records)} images")
-
-
-def stage_done(out: Path, name: str) -> bool:
-    return (out / name).is_dir()
 
 
 @contextmanager
@@ -128,12 +137,12 @@ def write_stage_record(directory: Path, ctx: StageContext, **extra) -> None:
     Conventional extra keys: `weights` ({role: {"source": tag|path|"random", "sha256": ...}}),
     `checkpoints` ({file name: sha256}), `images` (how many were processed).
     """
-    section = getattr(ctx.config, ctx.stage, None)
+    section = STAGE_BY_NAME[ctx.stage].section
     record = {
         "stage": ctx.stage,
         "seed": ctx.config.seed,
-        "config": json.loads(json.dumps(section, default=lambda o: o.__dict__)) if section else None,
+        "config": config_to_dict(getattr(ctx.config, section)) if section else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **extra,
     }
-    write_json(directory / "stage.json", record)
+    write_json(directory / STAGE_RECORD, record)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml.data.readers import read_synonyms_csv
-from ml.data.voc import name_key
+from ml.data.layouts.listing import read_synonyms_csv
+from ml.data.layouts.voc import name_key
 
 BUILTIN_TABLE = Path(__file__).parent / "data" / "voc_synonyms.csv"
 MAX_PHRASE_WORDS = 3  # longer WordNet lemmas are descriptions rather than names

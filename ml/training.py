@@ -56,9 +56,24 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def report_failed(ctx: StageContext, batch: dict) -> torch.Tensor:
-    """Drop the batch's unreadable images from the run; returns the (B,) bool mask of usable ones."""
-    for image_id, ok, error in zip(batch["id"], batch["ok"].tolist(), batch["error"], strict=True):
+def usable_batch(ctx: StageContext, batch: dict, device: torch.device) -> dict | None:
+    """What every training step starts with: a cancel check, then the batch's readable images with
+    their tensors on `device` (lists filtered alike). Unreadable images are dropped from the run and
+    listed; None when none is left."""
+    ctx.check_cancel()
+    keep = batch["ok"]
+    for image_id, ok, error in zip(batch["id"], keep.tolist(), batch["error"], strict=True):
         if not ok and image_id not in ctx.failed_images:
             ctx.fail_image(image_id, error)
-    return batch["ok"]
+    if not keep.any():
+        return None
+    flags = keep.tolist()
+    usable = {}
+    for key, value in batch.items():
+        if key in ("ok", "error"):
+            continue
+        if isinstance(value, torch.Tensor):
+            usable[key] = value[keep].to(device)
+        else:
+            usable[key] = [v for v, ok in zip(value, flags, strict=True) if ok]
+    return usable

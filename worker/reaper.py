@@ -25,7 +25,7 @@ from app.db import create_db_engine, make_sessionmaker
 from app.models import Job, JobState, utcnow
 from app.queue import send_run_job
 from app.settings import Settings
-from worker.jobs import TRANSIENT_ERRORS
+from worker.lease import TRANSIENT_ERRORS
 
 log = logging.getLogger("pole.reaper")
 

@@ -1,9 +1,10 @@
 """The Celery task: a job id in, the job row and run directory updated. Thin on purpose; the work
-is in worker/jobs.py and ml.pipeline."""
+is in worker/attempt.py and ml.pipeline."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import Task, shared_task
 from sqlalchemy.orm import Session, sessionmaker
@@ -11,7 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import create_db_engine, make_sessionmaker
 from app.queue import RUN_JOB
 from app.settings import Settings
-from worker.jobs import TRANSIENT_ERRORS, claim
+from worker.attempt import execute
+from worker.child_death import JobRequest
+from worker.lease import TRANSIENT_ERRORS, attempt_token, claim
 
 log = logging.getLogger("pole.worker")
 
@@ -19,6 +22,7 @@ log = logging.getLogger("pole.worker")
 class JobTask(Task):
     """Holds this worker process's database sessions (one engine per process, made after the fork)."""
 
+    Request = JobRequest
     _sessions: sessionmaker[Session] | None = None
 
     @property
@@ -34,11 +38,13 @@ class JobTask(Task):
 
 @shared_task(bind=True, base=JobTask, name=RUN_JOB, max_retries=5)
 def run_job(self: JobTask, job_id: str, lease: str | None = None) -> None:
-    run = claim(self.sessions, self.settings, job_id, worker=self.request.hostname or "worker", resume_lease=lease)
-    if run is None:
+    hostname = self.request.hostname or "worker"
+    token = attempt_token(hostname, os.getpid(), self.request.id, self.request.retries)
+    held = claim(self.sessions, self.settings, job_id, worker=hostname, resume_lease=lease, token=token)
+    if held is None:
         return
     try:
-        run.execute()
+        execute(held)
     except TRANSIENT_ERRORS as err:
         log.warning("job %s: transient error (%s); retrying from the last finished stage", job_id, err)
-        raise self.retry(exc=err, kwargs={"job_id": job_id, "lease": run.lease}, countdown=5) from err
+        raise self.retry(exc=err, kwargs={"job_id": job_id, "lease": held.token}, countdown=5) from err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 from sqlalchemy import select
@@ -15,7 +14,9 @@ from app.job_service import stage_metrics_out
 from app.models import Image, Job, JobState, Selection
 from app.pagination import paginate
 from app.schemas import JobImageOut, MetricsOut, Page, SelectionOut
-from app.storage import archive_path, cams_path, dataset_dir, mask_path
+from app.storage import dataset_dir, run_layout
+from ml.spec.config import config_from_dict
+from ml.spec.registry import EXPORT_FORMATS, final_masks_stage
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"])
 
@@ -28,13 +29,27 @@ def _require_succeeded(job: Job, what: str) -> None:
 
 
 @router.get("/archive", response_class=FileResponse, responses={200: {"content": {"application/zip": {}}}})
-def get_archive(job: OwnedJob, settings: SettingsDep) -> FileResponse:
-    """The masks in CVAT "Segmentation mask 1.1" layout with selections.csv and metrics.json, as a .zip."""
+def get_archive(
+    job: OwnedJob,
+    settings: SettingsDep,
+    export_format: Annotated[
+        str | None,
+        Query(alias="format", max_length=40, description="one of the job's export.formats (default: the first)"),
+    ] = None,
+) -> FileResponse:
+    """The final masks in an export format's layout (CVAT "Segmentation mask 1.1" by default) with
+    selections.csv, failed_images.csv, metrics.json and config.json, as a .zip."""
     _require_succeeded(job, "archive")
-    path = archive_path(settings, job.id)
+    formats = config_from_dict(job.config).export.formats
+    name = export_format or formats[0]
+    if name not in formats:
+        known = "" if name in EXPORT_FORMATS else f"; formats pole knows: {', '.join(EXPORT_FORMATS)}"
+        raise ApiError(404, f"this job exported {', '.join(formats)}, not {name[:40]!r}{known}")
+    path = run_layout(settings, job.id).archive(name)
     if not path.is_file():
         raise ApiError(410, "the archive file is missing from the data directory; run the job again")
-    return FileResponse(path, media_type="application/zip", filename=f"pole_masks_{job.id}.zip")
+    suffix = "" if name == formats[0] else f"_{name}"
+    return FileResponse(path, media_type="application/zip", filename=f"pole_masks_{job.id}{suffix}.zip")
 
 
 def _selection_out(row: Selection) -> SelectionOut:
@@ -95,6 +110,10 @@ def get_job_image(image_id: str, job: OwnedJob, session: SessionDep) -> JobImage
     )
 
 
+def _final_mask(settings, job: Job, image_id: str):
+    return run_layout(settings, job.id).mask(final_masks_stage(config_from_dict(job.config)), image_id)
+
+
 def _result_file(job: Job, image_id: str, path, what: str):
     _require_succeeded(job, what)
     if image_id in job.failed_images:
@@ -111,7 +130,7 @@ def get_mask(image_id: str, job: OwnedJob, session: SessionDep, settings: Settin
     """The pseudo mask as a palette PNG (pixel values are labels; 255 = uncertain)."""
     _job_image(session, job, image_id)
     return FileResponse(
-        _result_file(job, image_id, mask_path(settings, job.id, image_id), "mask"), media_type="image/png"
+        _result_file(job, image_id, _final_mask(settings, job, image_id), "mask"), media_type="image/png"
     )
 
 
@@ -122,7 +141,7 @@ def get_overlay(image_id: str, job: OwnedJob, session: SessionDep, settings: Set
     from ml.data.overlays import mask_overlay_png
 
     row = _job_image(session, job, image_id)
-    mask = _result_file(job, image_id, mask_path(settings, job.id, image_id), "mask")
+    mask = _result_file(job, image_id, _final_mask(settings, job, image_id), "mask")
     image = read_image(dataset_dir(settings, job.dataset.path) / row.file)
     return Response(mask_overlay_png(image, read_mask(mask)), media_type="image/png")
 
@@ -134,11 +153,11 @@ def get_cams(image_id: str, job: OwnedJob, session: SessionDep, settings: Settin
     from ml.data.overlays import cam_heatmaps_png
 
     row = _job_image(session, job, image_id)
-    path = _result_file(job, image_id, cams_path(settings, job.id, image_id), "class activation maps")
-    with np.load(path) as cams:
-        keys, maps = cams["keys"], cams["cam"].astype(np.float32)
+    layout = run_layout(settings, job.id)
+    _result_file(job, image_id, layout.cams(image_id), "class activation maps")
+    cams = layout.read_cams(image_id)
     image = read_image(dataset_dir(settings, job.dataset.path) / row.file)
-    return Response(cam_heatmaps_png(image, maps, keys, job.dataset.classes), media_type="image/png")
+    return Response(cam_heatmaps_png(image, cams.cam, cams.keys, job.dataset.classes), media_type="image/png")
 
 
 @router.get("/metrics", response_model=MetricsOut)

@@ -3,6 +3,7 @@
 The API validates uploads with exactly these checks, so nothing here may import torch.
 """
 
-from ml.data.dataset import Dataset, DatasetError, ImageRecord, Problem, load_dataset
+from ml.data.dataset import Dataset, DatasetError, ImageRecord, Problem
+from ml.data.readers import load_dataset
 
 __all__ = ["Dataset", "DatasetError", "ImageRecord", "Problem", "load_dataset"]

@@ -1,9 +1,9 @@
-"""Extracting an uploaded .zip without trusting anything it says about itself.
+"""Zip archives: writing one from a folder, and extracting an uploaded one without trusting it.
 
-Sizes are counted while the bytes stream out, never taken from the headers (the declared sizes
-only serve to refuse early); names are checked before anything is written; and the archive is
-extracted into a temporary folder beside `dest` that is renamed only when everything passed, so a
-refused archive leaves nothing behind.
+When extracting, sizes are counted while the bytes stream out, never taken from the headers (the
+declared sizes only serve to refuse early); names are checked before anything is written; and the
+archive is extracted into a temporary folder beside `dest` that is renamed only when everything
+passed, so a refused archive leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -161,3 +161,17 @@ def safe_extract(zip_path: str | Path, dest: str | Path, limits: ArchiveLimits |
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after a successful rename there is nothing left here
     return sorted(dest / relative for _, relative in members)
+
+
+def zip_folder(folder: str | Path, archive_path: str | Path) -> Path:
+    """Deflate every file under `folder` into `archive_path`, named relative to `folder` with '/' separators.
+
+    Members are written in sorted path order so that the same folder always yields the same listing.
+    Returns `archive_path`.
+    """
+    folder, archive_path = Path(folder), Path(archive_path)
+    with zipfile.ZipFile(archive_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder).as_posix())
+    return archive_path

@@ -64,17 +64,3 @@ class Dataset:
             if im.id == image_id:
                 return im
         raise KeyError(image_id)
-
-
-def load_dataset(path: str | Path, skip_bad: bool = False, split: str | None = None) -> Dataset:
-    """Read a dataset folder in either layout (detected), validating every file.
-
-    A .zip is first extracted safely with `ml.data.readers.resolve_dataset_path(zip, out_dir)`.
-
-    Raises DatasetError listing every problem, unless skip_bad=True, in which case images with
-    problems are dropped and listed in `Dataset.skipped` (problems with the dataset as a whole,
-    such as a missing classes.txt, are always fatal).
-    """
-    from ml.data.readers import read_dataset
-
-    return read_dataset(Path(path), skip_bad=skip_bad, split=split)

@@ -12,9 +12,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from ml.data.palette import VOC_PALETTE, colorize
+from ml.data.palette import IGNORE, VOC_PALETTE, colorize
 
-IGNORE = 255
 CAPTION_HEIGHT = 14  # a strip above each heatmap panel for the class name
 
 

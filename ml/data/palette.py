@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IGNORE_LABEL = 255
+IGNORE = 255  # mask label of pixels no class is scored on (object outlines, uncertain areas)
 
 
 def _bitget_palette() -> np.ndarray:

@@ -46,3 +46,11 @@ class ResNetStages(nn.Module):
 # ImageNet statistics: every torchvision backbone (and so the CAM network) expects these.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(x01: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) or (3, H, W) pixels in [0, 1] -> a backbone's input (the one place this is written)."""
+    shape = (3, 1, 1) if x01.dim() == 3 else (1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x01.device, dtype=x01.dtype).view(shape)
+    std = torch.tensor(IMAGENET_STD, device=x01.device, dtype=x01.dtype).view(shape)
+    return (x01 - mean) / std

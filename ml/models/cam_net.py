@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.models.backbone import ResNetStages
 
 
@@ -59,27 +60,12 @@ class CamNet(nn.Module):
 
 def save_cam_net(path: Path, net: CamNet, config: dict, **extra) -> str:
     """A self-describing checkpoint (model_args + resolved config); returns its sha256."""
-    from ml.runtime import sha256_file
-
-    torch.save(
-        {
-            "kind": "cam_net",
-            "model_args": net.model_args,
-            "state_dict": net.state_dict(),
-            "freeze_bn": net.freeze_bn,
-            "config": config,
-            **extra,
-        },
-        path,
-    )
-    return sha256_file(path)
+    return save_checkpoint(path, "cam_net", net, config, freeze_bn=net.freeze_bn, **extra)
 
 
 def load_cam_net(path: Path, device: torch.device | str = "cpu") -> tuple[CamNet, dict]:
     """Rebuild a CamNet from its checkpoint alone; returns (net in eval mode, checkpoint dict)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if checkpoint.get("kind") != "cam_net":
-        raise ValueError(f"{path} is not a CAM network checkpoint (kind={checkpoint.get('kind')!r})")
+    checkpoint = load_checkpoint(path, "cam_net", "CAM network")
     net = CamNet(**checkpoint["model_args"], weights="random")
     net.load_state_dict(checkpoint["state_dict"])
     # A saved network's BatchNorm statistics are trained ones (even when train_cam started from

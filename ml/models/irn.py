@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.checkpoints import load_checkpoint, save_checkpoint
 from ml.models.backbone import ResNetStages
 
 EDGE_CHANNELS = 32  # per backbone stage, before the five are concatenated
@@ -141,20 +142,12 @@ class EdgeNet(nn.Module):
 
 def save_edge_net(path: Path, net: EdgeNet, config: dict, **extra) -> str:
     """A self-describing checkpoint (model_args, full state incl. the frozen backbone, config); returns sha256."""
-    from ml.runtime import sha256_file
-
-    torch.save(
-        {"kind": "edge_net", "model_args": net.model_args, "state_dict": net.state_dict(), "config": config, **extra},
-        path,
-    )
-    return sha256_file(path)
+    return save_checkpoint(path, "edge_net", net, config, **extra)
 
 
 def load_edge_net(path: Path, device: torch.device | str = "cpu") -> tuple[EdgeNet, dict]:
     """Rebuild an EdgeNet from its checkpoint alone; returns (net in eval mode, checkpoint dict)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if checkpoint.get("kind") != "edge_net":
-        raise ValueError(f"{path} is not a boundary network checkpoint (kind={checkpoint.get('kind')!r})")
+    checkpoint = load_checkpoint(path, "edge_net", "boundary network")
     net = EdgeNet(**checkpoint["model_args"], weights="random")
     net.load_state_dict(checkpoint["state_dict"])
     return net.to(device).eval(), checkpoint

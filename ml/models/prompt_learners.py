@@ -1,7 +1,7 @@
 """Prompt strategies: where the text feature of each (image, class) pair comes from.
 
 All share one call, `strategy(clip, image_ids, labels) -> (P, D)` text features for P pairs, and are
-chosen by `train_pole.prompt`:
+chosen by `train_pole.prompt` (the names and their builders below: ml.spec.registry.PROMPT_STRATEGIES):
 - manual: the template with the class name ("a photo of cat."), fixed;
 - pole: the template with the word select_prompts chose for that image and class, fixed;
 - coop: N learnable context vectors replace the template's context words (and start from their
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ml.models.clip_encoder import FrozenClip
+from ml.spec.registry import PROMPT_STRATEGIES, load
 
 log = logging.getLogger("pole")
 
@@ -129,6 +130,24 @@ class LearnedPrompts(nn.Module):
         }
 
 
+def manual_prompts(strategy: str, clip: FrozenClip, classes: Sequence[str], template: str, context_length: int, chosen):
+    return FixedPrompts(classes, template)
+
+
+def selected_word_prompts(
+    strategy: str, clip: FrozenClip, classes: Sequence[str], template: str, context_length: int, chosen
+) -> FixedPrompts:
+    if chosen is None:
+        raise ValueError(f"prompt strategy {strategy!r} needs the words chosen by select_prompts")
+    return FixedPrompts(classes, template, chosen)
+
+
+def learned_prompts(
+    strategy: str, clip: FrozenClip, classes: Sequence[str], template: str, context_length: int, chosen
+) -> LearnedPrompts:
+    return LearnedPrompts(clip, classes, template, strategy, context_length)
+
+
 def build_prompt_strategy(
     strategy: str,
     clip: FrozenClip,
@@ -137,14 +156,11 @@ def build_prompt_strategy(
     context_length: int = 3,
     chosen: dict[tuple[str, int], str] | None = None,
 ) -> FixedPrompts | LearnedPrompts:
-    """The strategy named by train_pole.prompt; `chosen` ((image id, label) -> word) is pole's input."""
-    if strategy == "manual":
-        return FixedPrompts(classes, template)
-    if strategy == "pole":
-        if chosen is None:
-            raise ValueError("prompt strategy 'pole' needs the words chosen by select_prompts")
-        return FixedPrompts(classes, template, chosen)
-    return LearnedPrompts(clip, classes, template, strategy, context_length)
+    """The strategy named by train_pole.prompt (ml.spec.registry.PROMPT_STRATEGIES); `chosen`
+    ((image id, label) -> word) is the input of the strategies that use selected words."""
+    if strategy not in PROMPT_STRATEGIES:
+        raise ValueError(f"prompt strategy {strategy!r}; choose one of {', '.join(PROMPT_STRATEGIES)}")
+    return load(PROMPT_STRATEGIES[strategy].builder)(strategy, clip, classes, template, context_length, chosen)
 
 
 def _word_tokens(clip: FrozenClip, text: str) -> torch.Tensor:

@@ -45,6 +45,10 @@ def mask_name(image_id: str) -> str:
     return f"{image_id}.png"
 
 
+def archive_name(export_format: str) -> str:
+    return f"{export_format}.zip"
+
+
 @dataclass(frozen=True)
 class CamFile:
     """keys (n,) int64: the tagged labels (1-based), one per map, in this order;
@@ -104,7 +108,7 @@ class RunLayout:
         return self.root / "export" / export_format
 
     def archive(self, export_format: str) -> Path:
-        return self.root / "export" / f"{export_format}.zip"
+        return self.root / "export" / archive_name(export_format)
 
     # --- readers -------------------------------------------------------------------------------------
 

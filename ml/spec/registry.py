@@ -127,6 +127,11 @@ def overall_progress(config, stage: str, fraction: float) -> float:
     return (done + STAGE_BY_NAME[stage].weight * fraction) / total
 
 
+def final_cam_stage(config) -> str:
+    """The stage whose CAM network the method ends with: train_pole's, or train_cam's for the baseline."""
+    return "train_pole" if config.train_pole.enabled else "train_cam"
+
+
 def final_masks_stage(config) -> str:
     """The stage whose masks are the run's result: the CRF post-process when enabled, else the random walk."""
     return "crf" if config.crf.enabled else "refine"

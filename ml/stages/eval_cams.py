@@ -6,12 +6,10 @@ the threshold sweep is a separate report, since picking its best value looks at 
 
 from __future__ import annotations
 
-import dataclasses
-
-from ml.cam_files import cam_path, load_cams
 from ml.data.images import ImageError, read_mask
 from ml.metrics import SplitConfusion, ThresholdSweep, cam_labels, sweep_thresholds
 from ml.runtime import StageContext, atomic_dir, write_json, write_stage_record
+from ml.spec.layout import METRICS
 
 
 def run(ctx: StageContext) -> None:
@@ -20,8 +18,8 @@ def run(ctx: StageContext) -> None:
     scored = [record for record in ctx.usable_images() if record.mask is not None]
     with atomic_dir(ctx.stage_dir()) as out:
         if not scored:
-            write_json(out / "metrics.json", {"has_ground_truth": False, "miou": None})
-            write_stage_record(out, ctx, images=0, config=dataclasses.asdict(config))
+            write_json(out / METRICS, {"has_ground_truth": False, "miou": None})
+            write_stage_record(out, ctx, images=0)
             return
         num_labels = dataset.num_classes + 1
         headline = SplitConfusion(num_labels)
@@ -35,7 +33,7 @@ def run(ctx: StageContext) -> None:
             except ImageError as err:  # the image keeps its pseudo mask; only its score is missing
                 unscored[record.id] = f"ground truth unreadable: {err}"
                 continue
-            cams = load_cams(cam_path(ctx.out, record.id))
+            cams = ctx.layout.read_cams(record.id)
             headline.add(record.split, gt, cam_labels(cams.cam, cams.keys, config.cam_bg_threshold))
             sweep.add(gt, cams.cam, cams.keys)
             ctx.progress((index + 1) / len(scored), f"{index + 1}/{len(scored)} images")
@@ -46,5 +44,5 @@ def run(ctx: StageContext) -> None:
             "sweep": sweep.report(dataset.classes),
             "unscored": unscored,
         }
-        write_json(out / "metrics.json", metrics)
-        write_stage_record(out, ctx, images=len(scored) - len(unscored), config=dataclasses.asdict(config))
+        write_json(out / METRICS, metrics)
+        write_stage_record(out, ctx, images=len(scored) - len(unscored))

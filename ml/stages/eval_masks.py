@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ml.data.images import ImageError, read_mask
 from ml.metrics import SplitConfusion
 from ml.runtime import StageContext, atomic_dir, write_json, write_stage_record
-
-
-def final_masks_dir(ctx: StageContext) -> Path:
-    """Where the run's final masks are: the CRF post-process when enabled, else the random walk's."""
-    return ctx.stage_dir("crf" if ctx.config.crf.enabled else "refine")
+from ml.spec.layout import METRICS
+from ml.spec.registry import final_masks_stage
 
 
 def run(ctx: StageContext) -> None:
-    masks = final_masks_dir(ctx)
+    masks = final_masks_stage(ctx.config)
     scored = [record for record in ctx.usable_images() if record.mask is not None]
     with atomic_dir(ctx.stage_dir()) as out:
         if not scored:
-            write_json(out / "metrics.json", {"has_ground_truth": False, "miou": None, "masks": masks.name})
+            write_json(out / METRICS, {"has_ground_truth": False, "miou": None, "masks": masks})
             write_stage_record(out, ctx, images=0)
             return
         confusion = SplitConfusion(ctx.dataset.num_classes + 1)
@@ -32,13 +27,13 @@ def run(ctx: StageContext) -> None:
             except ImageError as err:  # the image keeps its pseudo mask; only its score is missing
                 unscored[record.id] = f"ground truth unreadable: {err}"
                 continue
-            confusion.add(record.split, gt, read_mask(masks / f"{record.id}.png"))
+            confusion.add(record.split, gt, read_mask(ctx.layout.mask(masks, record.id)))
             ctx.progress((index + 1) / len(scored), f"{index + 1}/{len(scored)} images")
         metrics = {
             "has_ground_truth": True,
-            "masks": masks.name,
+            "masks": masks,
             **confusion.report(ctx.dataset.classes),
             "unscored": unscored,
         }
-        write_json(out / "metrics.json", metrics)
+        write_json(out / METRICS, metrics)
         write_stage_record(out, ctx, images=len(scored) - len(unscored))

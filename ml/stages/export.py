@@ -1,107 +1,93 @@
-"""export: the masks a user downloads, in the layout CVAT imports as "Segmentation mask 1.1".
+"""export: the archive a user downloads, in every format of `export.formats` (ml.exports).
 
-export/masks/
-  SegmentationClass/<id>.png       8-bit palette masks (VOC colours; 255 kept as ignore)
-  labelmap.txt                     background and the classes with their colours
-  ImageSets/Segmentation/default.txt   the exported image ids
-  selections.csv                   image, class, chosen word, candidates and their CLIP scores
-                                   (header only when the run had no prompt selection)
-  failed_images.csv                images left out, with the reason
-  metrics.json                     final-mask scores, with the CAM scores under "cams"
-  config.json                      the fully resolved config of the run
-export/pole_masks.zip              the same files, at the archive's root
+export/<format>/      that format's layout of the final masks, plus what every archive holds:
+  selections.csv      image, class, chosen word, candidates and their CLIP scores
+                      (header only when the run had no prompt selection)
+  failed_images.csv   images left out, with the reason
+  metrics.json        final-mask scores, with the CAM scores under "cams"
+  config.json         the fully resolved config of the run
+export/<format>.zip   the same files, at the archive's root
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import shutil
-import zipfile
 from pathlib import Path
 
-from ml.data.palette import labelmap_txt
+from ml.data.archive import zip_folder
+from ml.exports import ExportedMasks
 from ml.runtime import StageContext, atomic_dir, write_json, write_stage_record
 from ml.spec.config import config_to_dict
-from ml.stages.eval_masks import final_masks_dir
+from ml.spec.layout import CONFIG, METRICS, archive_name
+from ml.spec.registry import EXPORT_FORMATS, final_masks_stage, load
 
-ARCHIVE = "pole_masks.zip"
+SELECTIONS_CSV = "selections.csv"
+FAILED_IMAGES_CSV = "failed_images.csv"
 SELECTION_COLUMNS = ("image", "class", "chosen", "candidates", "scores")
 
 
-def write_selections(path: Path, selections: Path, exported: set[str]) -> int:
-    """selections.csv from select_prompts/selections.jsonl (if that stage ran); returns the rows written."""
-    rows = 0
+def write_selections(path: Path, selections: list[dict], exported: set[str]) -> int:
+    """selections.csv from the run's selections; returns the rows written."""
+    rows = [entry for entry in selections if entry["image"] in exported]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(SELECTION_COLUMNS)
-        if not selections.is_file():
-            return 0
-        for line in selections.read_text().splitlines():
-            if not line.strip():
-                continue
-            entry = json.loads(line)
-            if entry["image"] not in exported:
-                continue
-            writer.writerow(
-                [
-                    entry["image"],
-                    entry["class"],
-                    entry["chosen"],
-                    "|".join(entry["candidates"]),
-                    "|".join(f"{score:.4f}" for score in entry["scores"]),
-                ]
-            )
-            rows += 1
-    return rows
+        for entry in rows:
+            scores = "|".join(f"{score:.4f}" for score in entry["scores"])
+            writer.writerow([entry["image"], entry["class"], entry["chosen"], "|".join(entry["candidates"]), scores])
+    return len(rows)
 
 
 def gather_metrics(ctx: StageContext) -> dict:
     """eval_masks' metrics at the top level, eval_cams' under "cams" (whichever exist)."""
     metrics: dict = {"has_ground_truth": False, "miou": None}
-    for stage, key in (("eval_masks", None), ("eval_cams", "cams")):
-        path = ctx.stage_dir(stage) / "metrics.json"
-        if path.is_file():
-            found = json.loads(path.read_text())
-            metrics = {**metrics, **found} if key is None else {**metrics, key: found}
+    masks, cams = ctx.layout.read_metrics("eval_masks"), ctx.layout.read_metrics("eval_cams")
+    if masks is not None:
+        metrics.update(masks)
+    if cams is not None:
+        metrics["cams"] = cams
     return metrics
 
 
-def zip_folder(folder: Path, archive: Path) -> None:
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(folder).as_posix())
+def write_format(ctx: StageContext, out: Path, name: str, exported: list[str], share: tuple[int, int]) -> int:
+    """One format's folder and zip in `out`; `share` = (this format's index, how many formats) for
+    progress. Returns the selections rows written."""
+    source = final_masks_stage(ctx.config)
+    folder = out / name
+    folder.mkdir()
+
+    def on_progress(done: int) -> None:
+        fraction = (share[0] + done / max(len(exported), 1)) / share[1]
+        ctx.progress(0.9 * fraction, f"{name}: {done}/{len(exported)} masks")
+
+    masks = ExportedMasks(ctx.dataset.classes, exported, lambda i: ctx.layout.mask(source, i), on_progress)
+    load(EXPORT_FORMATS[name].writer)(folder, masks)
+    rows = write_selections(folder / SELECTIONS_CSV, ctx.layout.read_selections(), set(exported))
+    with open(folder / FAILED_IMAGES_CSV, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("image", "reason"))
+        writer.writerows(sorted(ctx.failed_images.items()))
+    write_json(folder / METRICS, gather_metrics(ctx))
+    write_json(folder / CONFIG, config_to_dict(ctx.config))
+    zip_folder(folder, out / archive_name(name))
+    return rows
 
 
 def run(ctx: StageContext) -> None:
-    source = final_masks_dir(ctx)
-    records = ctx.usable_images()
+    source = final_masks_stage(ctx.config)
+    exported = [record.id for record in ctx.usable_images()]
+    for image_id in exported:
+        if not ctx.layout.mask(source, image_id).is_file():
+            raise FileNotFoundError(
+                f"{ctx.layout.mask(source, image_id)} is missing: the {source} stage did not finish this image"
+            )
+    formats = ctx.config.export.formats
     with atomic_dir(ctx.stage_dir()) as out:
-        masks = out / "masks"
-        (masks / "SegmentationClass").mkdir(parents=True)
-        (masks / "ImageSets" / "Segmentation").mkdir(parents=True)
-        for index, record in enumerate(records):
-            if index % 64 == 0:
-                ctx.check_cancel()
-            mask = source / f"{record.id}.png"
-            if not mask.is_file():
-                raise FileNotFoundError(f"{mask} is missing: the {source.name} stage did not finish this image")
-            shutil.copyfile(mask, masks / "SegmentationClass" / f"{record.id}.png")
-            ctx.progress((index + 1) / max(len(records), 1) * 0.9, f"{index + 1}/{len(records)} masks")
-        exported = [record.id for record in records]
-        (masks / "ImageSets" / "Segmentation" / "default.txt").write_text("".join(f"{i}\n" for i in exported))
-        (masks / "labelmap.txt").write_text(labelmap_txt(ctx.dataset.classes))
-        selections = write_selections(
-            masks / "selections.csv", ctx.stage_dir("select_prompts") / "selections.jsonl", set(exported)
-        )
-        with open(masks / "failed_images.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(("image", "reason"))
-            writer.writerows(sorted(ctx.failed_images.items()))
-        write_json(masks / "metrics.json", gather_metrics(ctx))
-        write_json(masks / "config.json", config_to_dict(ctx.config))
-        zip_folder(masks, out / ARCHIVE)
+        rows = 0
+        for number, name in enumerate(formats):
+            ctx.check_cancel()
+            rows = write_format(ctx, out, name, exported, (number, len(formats)))
         write_stage_record(
-            out, ctx, images=len(exported), masks_from=source.name, selections=selections, failed=len(ctx.failed_images)
-        )
+            out, ctx, images=len(exported), masks_from=source, formats=list(formats), selections=rows,
+            failed=len(ctx.failed_images),
+        )  # fmt: skip

@@ -1,7 +1,7 @@
 """make_cams: multi-scale, flipped CAMs of every image's tagged classes (METHOD.md stage 4).
 
 Per image, relu(W^T Z) at every scale and its mirror image are upsampled, summed and divided by
-their max, at full resolution and at stride 4 (see ml/cam_files.py). Per scale, a batch of
+their max, at full resolution and at stride 4 (see ml.spec.layout). Per scale, a batch of
 same-sized images and their flips go through the network together (on a CPU in cache-sized
 passes, see CPU_PASS_PIXELS); each image's maps are written as soon as they are made, so memory
 does not grow with the dataset.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,11 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ml.cam_files import save_cams
 from ml.device import pick_device, seed_everything
-from ml.models.backbone import IMAGENET_MEAN, IMAGENET_STD
+from ml.loaders import images_to_tensor01
+from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import CamNet, load_cam_net
 from ml.runtime import StageContext, atomic_dir, sha256_file, write_stage_record
+from ml.spec.layout import CHECKPOINT, cams_name, save_cams
+from ml.spec.registry import final_cam_stage
 
 NORM_EPS = 1e-5  # each map is divided by (its max + this): an all-zero map stays zero
 # On a CPU, batching pays only while a forward pass stays cache-sized: measured on 2 cores with
@@ -54,25 +55,6 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def cam_checkpoint(ctx: StageContext) -> Path:
-    """The CAM network the method ends with: train_pole's, or train_cam's for the baseline method."""
-    stage = "train_pole" if ctx.config.train_pole.enabled else "train_cam"
-    path = ctx.stage_dir(stage) / "model.pt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing; run the {stage} stage first (pole stage {stage.replace('_', '-')})"
-        )
-    return path
-
-
-def normalise_images(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
-    """Same-sized (H, W, 3) uint8 RGB images -> (B, 3, H, W) float with ImageNet statistics."""
-    batch = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return (batch - mean) / std
-
-
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
@@ -100,7 +82,7 @@ def multiscale_cams(
     autocast = (
         torch.autocast("cuda", dtype=torch.float16) if half_precision and device.type == "cuda" else nullcontext()
     )
-    batch = normalise_images(images, device)  # (B, 3, H, W)
+    batch = imagenet_normalize(images_to_tensor01(images, device))  # (B, 3, H, W)
     labels = [torch.as_tensor(k, dtype=torch.long, device=device) - 1 for k in keys]
     sums_full = [torch.zeros(len(k), *full, device=device) for k in keys]
     sums_s4 = [torch.zeros(len(k), *strided, device=device) for k in keys]
@@ -131,7 +113,7 @@ def run(ctx: StageContext) -> None:
     config = ctx.config.make_cams
     seed_everything(ctx.config.seed)
     device = pick_device(ctx.config.device)
-    checkpoint = cam_checkpoint(ctx)
+    checkpoint = ctx.checkpoint(final_cam_stage(ctx.config))
     net, _ = load_cam_net(checkpoint, device)
     fold_batchnorm(net)
     records = ctx.usable_images()
@@ -159,7 +141,7 @@ def run(ctx: StageContext) -> None:
                 )
                 for (record, _), (cam, cam_s4) in zip(group, maps, strict=True):
                     save_cams(
-                        out / f"{record.id}.npz", np.asarray(record.tags), cam.cpu().numpy(), cam_s4.cpu().numpy()
+                        out / cams_name(record.id), np.asarray(record.tags), cam.cpu().numpy(), cam_s4.cpu().numpy()
                     )
                     written += 1
             done += len(records[start : start + config.batch_images])
@@ -168,6 +150,6 @@ def run(ctx: StageContext) -> None:
             out,
             ctx,
             images=written,
-            checkpoints={f"{checkpoint.parent.name}/model.pt": sha256_file(checkpoint)},
+            checkpoints={f"{checkpoint.parent.name}/{CHECKPOINT}": sha256_file(checkpoint)},
             device=str(device),
         )

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ml.cam_files import cam_path, load_cams
-from ml.data.palette import save_mask_png
+from ml.data.palette import IGNORE, save_mask_png
 from ml.dense_crf import crf_labels
-from ml.metrics import IGNORE
 from ml.runtime import StageContext, atomic_dir, write_stage_record
 from ml.spec.config import CrfParams
+from ml.spec.layout import mask_name
 
 
 def crf_map(image_rgb: np.ndarray, cams: np.ndarray, keys: np.ndarray, bg_score: float, params: CrfParams):
@@ -44,7 +43,9 @@ def run(ctx: StageContext) -> None:
     with atomic_dir(ctx.stage_dir()) as out:
         written = 0
         for record, image in ctx.each_image():
-            cams = load_cams(cam_path(ctx.out, record.id))
-            save_mask_png(seeds_from_cams(image, cams.cam, cams.keys, ctx.config.make_seeds), out / f"{record.id}.png")
+            cams = ctx.layout.read_cams(record.id)
+            save_mask_png(
+                seeds_from_cams(image, cams.cam, cams.keys, ctx.config.make_seeds), out / mask_name(record.id)
+            )
             written += 1
         write_stage_record(out, ctx, images=written)

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ml.cam_files import cam_path, load_cams
 from ml.data.palette import save_mask_png
 from ml.device import pick_device, seed_everything
+from ml.loaders import images_to_tensor01
+from ml.models.backbone import imagenet_normalize
 from ml.models.irn import EdgeNet, load_edge_net
 from ml.random_walk import random_walk
 from ml.runtime import StageContext, atomic_dir, sha256_file, write_stage_record
-from ml.stages.make_cams import normalise_images
+from ml.spec.layout import CHECKPOINT, mask_name
 
 
 def walk_labels(walked: torch.Tensor, keys: np.ndarray, size: tuple[int, int], bg_threshold: float) -> np.ndarray:
@@ -39,7 +40,7 @@ def refine_image(net: EdgeNet, image: np.ndarray, cam_s4: np.ndarray, keys: np.n
         return np.zeros((height, width), np.uint8)
     device = next(net.parameters()).device
     with torch.inference_mode():
-        boundary = net.boundary(normalise_images([image], device)[0])  # (h4, w4)
+        boundary = net.boundary(imagenet_normalize(images_to_tensor01([image], device))[0])  # (h4, w4)
         scores = torch.from_numpy(cam_s4).to(device)  # (n, h4, w4)
         boundary = boundary[: scores.shape[1], : scores.shape[2]]
         walked = random_walk(scores, boundary, config.beta, config.exp_times, config.radius)
@@ -49,16 +50,20 @@ def refine_image(net: EdgeNet, image: np.ndarray, cam_s4: np.ndarray, keys: np.n
 def run(ctx: StageContext) -> None:
     seed_everything(ctx.config.seed)
     device = pick_device(ctx.config.device)
-    checkpoint = ctx.stage_dir("train_irn") / "model.pt"
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint} is missing; run the train_irn stage first (pole stage train-irn)")
+    checkpoint = ctx.checkpoint("train_irn")
     net, _ = load_edge_net(checkpoint, device)
     with atomic_dir(ctx.stage_dir()) as out:
         written = 0
         for record, image in ctx.each_image():
-            cams = load_cams(cam_path(ctx.out, record.id))
-            save_mask_png(refine_image(net, image, cams.cam_s4, cams.keys, ctx.config.refine), out / f"{record.id}.png")
+            cams = ctx.layout.read_cams(record.id)
+            save_mask_png(
+                refine_image(net, image, cams.cam_s4, cams.keys, ctx.config.refine), out / mask_name(record.id)
+            )
             written += 1
         write_stage_record(
-            out, ctx, images=written, checkpoints={"train_irn/model.pt": sha256_file(checkpoint)}, device=str(device)
+            out,
+            ctx,
+            images=written,
+            checkpoints={f"train_irn/{CHECKPOINT}": sha256_file(checkpoint)},
+            device=str(device),
         )

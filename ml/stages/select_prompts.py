@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from ml.device import pick_device, seed_everything
-from ml.loaders import imagenet_normalize, to_tensor01
+from ml.loaders import to_tensor01
+from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import load_cam_net
 from ml.models.clip_encoder import FrozenClip, cosine
-from ml.runtime import StageContext, atomic_dir, sha256_file, stage_done, write_json, write_stage_record
+from ml.runtime import StageContext, atomic_dir, sha256_file, write_json, write_stage_record
+from ml.spec.layout import CANDIDATES, CHECKPOINT, SELECTIONS
 from ml.synonyms import Candidates, gather_candidates, rank_candidates
 from ml.training import autocast
 
@@ -81,13 +83,13 @@ def choose_words(
 
 
 def run(ctx: StageContext) -> None:
-    if stage_done(ctx.out, ctx.stage):
+    if ctx.layout.stage_done(ctx.stage):
         return
     config, section = ctx.config, ctx.config.select_prompts
     classes = ctx.dataset.classes
     device = pick_device(config.device)
     seed_everything(config.seed)
-    cam_path = ctx.out / "train_cam" / "model.pt"
+    cam_path = ctx.checkpoint("train_cam")
     net, _ = load_cam_net(cam_path, device)
     clip = FrozenClip(config.models.clip_model, config.models.clip_pretrained, device)
     ranked = class_candidates(clip, ctx)
@@ -107,9 +109,9 @@ def run(ctx: StageContext) -> None:
     if pairs:
         records += choose_words(clip, torch.cat(pixels), pairs, classes, words, word_features)
     with atomic_dir(ctx.stage_dir()) as scratch:
-        (scratch / "selections.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (scratch / SELECTIONS).write_text("".join(json.dumps(r) + "\n" for r in records))
         write_json(
-            scratch / "candidates.json",
+            scratch / CANDIDATES,
             {name: {"words": c.words, "scores": c.scores, "source": c.source} for name, c in ranked.items()},
         )
         notes = ["CLIP weights are random: the chosen words are arbitrary"] if clip.weights.source == "random" else []
@@ -117,17 +119,7 @@ def run(ctx: StageContext) -> None:
             scratch,
             ctx,
             weights={"clip": clip.weights.record()},
-            inputs={"train_cam/model.pt": sha256_file(cam_path)},
+            inputs={f"train_cam/{CHECKPOINT}": sha256_file(cam_path)},
             images=len({r["image"] for r in records}),
             warnings=notes,
         )
-
-
-def read_selections(path) -> dict[tuple[str, int], str]:
-    """selections.jsonl -> {(image id, label): chosen word}, what the pole prompt strategy needs."""
-    chosen = {}
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            chosen[(record["image"], record["label"])] = record["chosen"]
-    return chosen

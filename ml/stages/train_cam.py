@@ -11,12 +11,14 @@ import math
 import torch
 
 from ml.device import pick_device, seed_everything
-from ml.loaders import TrainImages, imagenet_normalize, train_loader
+from ml.loaders import TrainImages, train_loader
 from ml.losses import classification_loss
+from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import CamNet, save_cam_net
-from ml.runtime import StageContext, atomic_dir, stage_done, write_json, write_stage_record
+from ml.runtime import StageContext, atomic_dir, write_json, write_stage_record
 from ml.spec.config import TrainCamConfig, config_to_dict
-from ml.training import autocast, check_finite, poly_sgd, report_failed, training_images
+from ml.spec.layout import CHECKPOINT, TRAINING_LOG
+from ml.training import autocast, check_finite, poly_sgd, training_images, usable_batch
 
 log = logging.getLogger("pole")
 
@@ -39,7 +41,7 @@ def batch_loss(net: CamNet, x01: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 def run(ctx: StageContext) -> None:
-    if stage_done(ctx.out, ctx.stage):
+    if ctx.layout.stage_done(ctx.stage):
         return
     config, section = ctx.config, ctx.config.train_cam
     device = pick_device(config.device)
@@ -57,10 +59,9 @@ def run(ctx: StageContext) -> None:
     for epoch in range(section.epochs):
         data.epoch = epoch
         for batch in loader:
-            ctx.check_cancel()
-            ok = report_failed(ctx, batch)
-            if ok.any():
-                loss = batch_loss(net, batch["image"][ok].to(device), batch["label"][ok].to(device))
+            usable = usable_batch(ctx, batch, device)
+            if usable is not None:
+                loss = batch_loss(net, usable["image"], usable["label"])
                 check_finite(loss, ctx.stage, epoch, step, "lower train_cam.lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -71,12 +72,12 @@ def run(ctx: StageContext) -> None:
             loss_text = f" loss {steps[-1]['loss']:.4f}" if steps else ""
             ctx.progress(step / total_steps, f"epoch {epoch + 1}/{section.epochs}{loss_text}")
     with atomic_dir(ctx.stage_dir()) as scratch:
-        checkpoint = save_cam_net(scratch / "model.pt", net, config_to_dict(config))
-        write_json(scratch / "log.json", {"steps": steps})
+        checkpoint = save_cam_net(scratch / CHECKPOINT, net, config_to_dict(config))
+        write_json(scratch / TRAINING_LOG, {"steps": steps})
         write_stage_record(
             scratch,
             ctx,
             weights={"cam_backbone": net.backbone.weights.record()},
-            checkpoints={"model.pt": checkpoint},
+            checkpoints={CHECKPOINT: checkpoint},
             images=len(images) - sum(im.id in ctx.failed_images for im in images),
         )

@@ -20,15 +20,16 @@ from PIL import Image
 
 from ml.data import ImageRecord
 from ml.data.images import READ_ERRORS, read_image, read_mask
+from ml.data.palette import IGNORE
 from ml.device import pick_device, seed_everything
-from ml.metrics import IGNORE
-from ml.models.backbone import IMAGENET_MEAN, IMAGENET_STD
+from ml.models.backbone import IMAGENET_MEAN, imagenet_normalize
 from ml.models.cam_net import load_cam_net
 from ml.models.irn import EdgeNet, affinity_loss, path_affinities, save_edge_net
 from ml.runtime import StageContext, atomic_dir, sha256_file, write_json, write_stage_record
 from ml.spec.config import ConfigError, config_to_dict
-from ml.stages.make_cams import cam_checkpoint
-from ml.training import autocast, check_finite, poly_sgd, report_failed, training_images
+from ml.spec.layout import CHECKPOINT, TRAINING_LOG, mask_name
+from ml.spec.registry import final_cam_stage
+from ml.training import autocast, check_finite, poly_sgd, training_images, usable_batch
 
 
 def stride4_labels(labels: np.ndarray) -> np.ndarray:
@@ -41,7 +42,7 @@ def stride4_labels(labels: np.ndarray) -> np.ndarray:
 def seed_crop(
     image: np.ndarray, seeds: np.ndarray, crop: int, rescale: tuple[float, float], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random rescale, flip and crop -> ((crop, crop, 3) normalised float32 image, (crop/4, crop/4) seeds)."""
+    """Random rescale, flip and crop -> ((crop, crop, 3) float32 image in [0, 1], (crop/4, crop/4) seeds)."""
     height, width = seeds.shape
     scale = rng.uniform(*rescale)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -49,11 +50,12 @@ def seed_crop(
     seeds = np.asarray(Image.fromarray(seeds).resize(size, Image.NEAREST))
     if rng.random() < 0.5:
         image, seeds = image[:, ::-1], seeds[:, ::-1]
-    normalised = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    out_image = np.zeros((crop, crop, 3), np.float32)  # 0 after normalisation: the mean colour
+    pixels = image.astype(np.float32) / 255.0
+    out_image = np.empty((crop, crop, 3), np.float32)
+    out_image[:] = IMAGENET_MEAN  # padding in the mean colour: 0 once normalised
     out_seeds = np.full((crop, crop), IGNORE, np.uint8)
     (sy, dy, ly), (sx, dx, lx) = (_crop_axis(n, crop, rng) for n in seeds.shape)
-    out_image[dy : dy + ly, dx : dx + lx] = normalised[sy : sy + ly, sx : sx + lx]
+    out_image[dy : dy + ly, dx : dx + lx] = pixels[sy : sy + ly, sx : sx + lx]
     out_seeds[dy : dy + ly, dx : dx + lx] = seeds[sy : sy + ly, sx : sx + lx]
     return out_image, stride4_labels(out_seeds)
 
@@ -81,7 +83,7 @@ class SeedCrops(torch.utils.data.Dataset):
         error = ""
         try:
             image, seeds = seed_crop(
-                read_image(record.image), read_mask(self.seeds_dir / f"{record.id}.png"), self.crop, self.rescale, rng
+                read_image(record.image), read_mask(self.seeds_dir / mask_name(record.id)), self.crop, self.rescale, rng
             )
         except READ_ERRORS as err:
             error = f"train_irn: unreadable image or seeds: {err}"
@@ -108,7 +110,7 @@ def build_edge_net(ctx: StageContext) -> tuple[EdgeNet, dict]:
     if models.irn_weights != "cam":
         net = EdgeNet(models.irn_backbone, models.irn_weights)
         return net, {"source": "weights", **net.backbone.weights.record()}
-    checkpoint = cam_checkpoint(ctx)
+    checkpoint = ctx.checkpoint(final_cam_stage(ctx.config))
     cam_net, saved = load_cam_net(checkpoint)
     backbone = saved["model_args"]["backbone"]
     if backbone != models.irn_backbone:
@@ -121,16 +123,16 @@ def build_edge_net(ctx: StageContext) -> tuple[EdgeNet, dict]:
     record = {
         "source": "cam",
         "note": "frozen backbone taken from the trained CAM network (no ImageNet weights configured)",
-        "checkpoint": f"{checkpoint.parent.name}/model.pt",
+        "checkpoint": f"{checkpoint.parent.name}/{CHECKPOINT}",
         "sha256": sha256_file(checkpoint),
     }
     return net, record
 
 
-def train_step(net: EdgeNet, images: torch.Tensor, seeds: torch.Tensor, radius: int, device) -> tuple:
-    """Forward and loss of one batch: (loss, its three parts)."""
+def train_step(net: EdgeNet, x01: torch.Tensor, seeds: torch.Tensor, radius: int, device) -> tuple:
+    """Forward and loss of one batch of crops in [0, 1]: (loss, its three parts)."""
     with autocast(device):
-        logits = net(images)  # (B, h, w)
+        logits = net(imagenet_normalize(x01))  # (B, h, w)
     boundary = torch.sigmoid(logits.float())
     return affinity_loss(path_affinities(boundary, radius), seeds, radius)
 
@@ -154,11 +156,9 @@ def run(ctx: StageContext) -> None:
         crops.epoch = epoch
         losses = []
         for batch in loader:
-            ctx.check_cancel()
-            usable = report_failed(ctx, batch)
-            if usable.any():
-                images, seeds = batch["image"][usable].to(device), batch["seeds"][usable].to(device)
-                loss, parts = train_step(net, images, seeds, config.radius, device)
+            usable = usable_batch(ctx, batch, device)
+            if usable is not None:
+                loss, parts = train_step(net, usable["image"], usable["seeds"], config.radius, device)
                 check_finite(loss, ctx.stage, epoch, step, IRN_DIVERGED_HINT)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -170,13 +170,13 @@ def run(ctx: StageContext) -> None:
         if losses:
             log.append({"epoch": epoch + 1, **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}})
     with atomic_dir(ctx.stage_dir()) as out:
-        digest = save_edge_net(out / "model.pt", net, config_to_dict(ctx.config), frozen_backbone=backbone_record)
-        write_json(out / "log.json", log)
+        digest = save_edge_net(out / CHECKPOINT, net, config_to_dict(ctx.config), frozen_backbone=backbone_record)
+        write_json(out / TRAINING_LOG, log)
         write_stage_record(
             out,
             ctx,
             images=len(crops),
             weights={"irn_backbone": backbone_record},
-            checkpoints={"model.pt": digest},
+            checkpoints={CHECKPOINT: digest},
             device=str(device),
         )

@@ -26,16 +26,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.device import pick_device, seed_everything
-from ml.loaders import TrainImages, imagenet_normalize, train_loader
+from ml.loaders import TrainImages, train_loader
 from ml.losses import PoleLoss, pole_loss
 from ml.models.adapters import Adaptor
+from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import CamNet, load_cam_net, save_cam_net
 from ml.models.clip_encoder import FrozenClip
 from ml.models.prompt_learners import build_prompt_strategy
-from ml.runtime import StageContext, atomic_dir, sha256_file, stage_done, write_json, write_stage_record
+from ml.runtime import StageContext, atomic_dir, sha256_file, write_json, write_stage_record
 from ml.spec.config import TrainPoleConfig, config_to_dict
-from ml.stages.select_prompts import read_selections
-from ml.training import autocast, check_finite, poly_sgd, report_failed, training_images
+from ml.spec.layout import CHECKPOINT, TRAINING_LOG
+from ml.spec.registry import PROMPT_STRATEGIES
+from ml.training import autocast, check_finite, poly_sgd, training_images, usable_batch
 
 log = logging.getLogger("pole")
 
@@ -94,14 +96,16 @@ class PoleObjective(nn.Module):
 
 def build_objective(ctx: StageContext, device: torch.device) -> PoleObjective:
     config, section = ctx.config, ctx.config.train_pole
-    net, _ = load_cam_net(ctx.out / "train_cam" / "model.pt", device)
+    net, _ = load_cam_net(ctx.checkpoint("train_cam"), device)
     clip = FrozenClip(config.models.clip_model, config.models.clip_pretrained, device)
     chosen = None
-    if section.prompt == "pole":
-        path = ctx.out / "select_prompts" / "selections.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: prompt strategy 'pole' needs the select_prompts stage first")
-        chosen = read_selections(path)
+    if PROMPT_STRATEGIES[section.prompt].uses_selected_words:
+        if not ctx.layout.selections.is_file():
+            raise FileNotFoundError(
+                f"{ctx.layout.selections} is missing: prompt strategy {section.prompt!r} needs "
+                "the select_prompts stage first"
+            )
+        chosen = ctx.layout.chosen_words()
     prompts = build_prompt_strategy(
         section.prompt, clip, ctx.dataset.classes, section.template, section.context_length, chosen
     )
@@ -132,7 +136,7 @@ def saturation_warning(steps: list[dict]) -> list[str]:
 
 
 def run(ctx: StageContext) -> None:
-    if stage_done(ctx.out, ctx.stage):
+    if ctx.layout.stage_done(ctx.stage):
         return
     config, section = ctx.config, ctx.config.train_pole
     device = pick_device(config.device)
@@ -148,11 +152,9 @@ def run(ctx: StageContext) -> None:
     for epoch in range(section.epochs):
         data.epoch = epoch
         for batch in loader:
-            ctx.check_cancel()
-            ok = report_failed(ctx, batch)
-            if ok.any():
-                ids = [i for i, good in zip(batch["id"], ok.tolist(), strict=True) if good]
-                loss = objective(batch["image"][ok].to(device), batch["label"][ok].to(device), ids)
+            usable = usable_batch(ctx, batch, device)
+            if usable is not None:
+                loss = objective(usable["image"], usable["label"], usable["id"])
                 optimizer.zero_grad(set_to_none=True)
                 check_finite(loss.total, ctx.stage, epoch, step, "set train_pole.max_grad_norm or lower its lrs")
                 loss.total.backward()
@@ -166,17 +168,17 @@ def run(ctx: StageContext) -> None:
     clip_weights = objective.clip.weights
     with atomic_dir(ctx.stage_dir()) as scratch:
         checkpoint = save_cam_net(
-            scratch / "model.pt", objective.net, config_to_dict(config), **objective.checkpoint_extras()
+            scratch / CHECKPOINT, objective.net, config_to_dict(config), **objective.checkpoint_extras()
         )
-        write_json(scratch / "log.json", {"steps": steps})
+        write_json(scratch / TRAINING_LOG, {"steps": steps})
         notes = ["CLIP weights are random: the guidance is noise"] if clip_weights.source == "random" else []
         notes += saturation_warning(steps)
         write_stage_record(
             scratch,
             ctx,
             weights={"clip": clip_weights.record()},
-            inputs={"train_cam/model.pt": sha256_file(ctx.out / "train_cam" / "model.pt")},
-            checkpoints={"model.pt": checkpoint},
+            inputs={f"train_cam/{CHECKPOINT}": sha256_file(ctx.checkpoint("train_cam"))},
+            checkpoints={CHECKPOINT: checkpoint},
             images=len(images) - sum(im.id in ctx.failed_images for im in images),
             warnings=notes,
         )

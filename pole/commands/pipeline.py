@@ -14,20 +14,8 @@ from pathlib import Path
 
 from ml.data import DatasetError
 from ml.spec.config import ConfigError, available_presets, load_config_file, resolve_config
-
-STAGE_NAMES = [
-    "train-cam",
-    "select-prompts",
-    "train-pole",
-    "make-cams",
-    "eval-cams",
-    "make-seeds",
-    "train-irn",
-    "refine",
-    "crf",
-    "eval-masks",
-    "export",
-]
+from ml.spec.layout import RunLayout
+from ml.spec.registry import EVALUATION_STAGES, STAGES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stage", help="run one stage (earlier stages' outputs must be in --out)")
-    p.add_argument("name", choices=STAGE_NAMES)
+    p.add_argument("name", choices=[stage.command_name for stage in STAGES])
     _dataset_args(p)
     p.set_defaults(func=cmd_stage)
 
@@ -67,7 +55,8 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace, until: str | None = None) -> int:
     from ml.data.readers import resolve_dataset_path
-    from ml.pipeline import run_pipeline, stages_for
+    from ml.pipeline import run_pipeline
+    from ml.spec.registry import stages_for
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -130,7 +119,7 @@ class ProgressDisplay:
         self.bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining}", file=sys.stderr)
 
     def update(self, stage: str, fraction: float, message: str) -> None:
-        from ml.pipeline import overall_progress
+        from ml.spec.registry import overall_progress
 
         self.bar.set_description(f"{stage} {fraction:4.0%} {message}"[:60])
         self.bar.n = int(1000 * overall_progress(self.config, stage, fraction))
@@ -144,10 +133,11 @@ class ProgressDisplay:
 
 
 def _print_summary(summary: dict) -> None:
-    for stage in ("eval_cams", "eval_masks"):
+    for stage in EVALUATION_STAGES:
         metrics = summary.get(stage)
         if metrics and metrics.get("miou") is not None:
             print(f"{stage}: mIoU {100 * metrics['miou']:.1f}%")
     if summary.get("failed_images"):
-        print(f"{len(summary['failed_images'])} image(s) failed; see {summary['out']}/failed_images.json")
+        failed = RunLayout(Path(summary["out"])).failed_images
+        print(f"{len(summary['failed_images'])} image(s) failed; see {failed}")
     print(json.dumps({k: summary[k] for k in ("out", "stage_seconds") if k in summary}, indent=2))

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_make(args: argparse.Namespace) -> int:
     import time
 
-    from ml.data.world import make_world
+    from ml.world.dataset import make_world
 
     started = time.monotonic()
     try:
@@ -56,7 +56,9 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ml import world_clip
+    from ml.world.clip_eval import evaluate
+    from ml.world.clip_training import ClipTrainConfig, export, train_clip
+    from ml.world.views import render_pool
 
     overrides = {
         "model": args.model,
@@ -68,7 +70,7 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
         "eval_scenes": args.eval_scenes,
         "threads": args.threads,
     }
-    config = replace(world_clip.ClipTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    config = replace(ClipTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     print(f"training {config.model} for {config.steps} steps on {config.scenes} scenes", file=sys.stderr)
     with tqdm(total=config.steps, file=sys.stderr, unit="step") as bar:
 
@@ -77,10 +79,10 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             bar.refresh()
 
-        model, record = world_clip.train_clip(config, show)
-    pool = world_clip.render_pool(config.eval_scenes, config.world_seed + 1, config.scene_size)
-    evaluation = world_clip.evaluate(model, pool, config.model)
-    provenance = world_clip.export(model, args.out, record, evaluation)
+        model, record = train_clip(config, show)
+    pool = render_pool(config.eval_scenes, config.world_seed + 1, config.scene_size)
+    evaluation = evaluate(model, pool, config.model)
+    provenance = export(model, args.out, record, evaluation)
     print(f"trained in {record['wall_seconds'] / 60:.1f} min wall, {record['cpu_seconds'] / 60:.1f} min CPU")
     for key, what in (("crops", "object crops"), ("masked", "masked objects"), ("cam_masked", "CAM-masked objects")):
         figures = evaluation[key]

@@ -252,3 +252,16 @@ def assert_invisible_to(other, dataset_id: str, job_id: str, image: str) -> None
     assert other.get("/v1/datasets").json()["items"] == []
     assert other.get("/v1/jobs").json()["items"] == []
     assert other.get("/v1/jobs", params={"dataset_id": dataset_id}).json()["items"] == []
+
+
+def processes_using(data_dir: Path) -> list[int]:
+    """Live processes whose environment points at `data_dir` (a serve command, its worker, a demo's)."""
+    marker = f"POLE_DATA_DIR={data_dir}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found

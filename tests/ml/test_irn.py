@@ -97,8 +97,8 @@ def test_crops_keep_image_and_seeds_aligned():
         crop, crop_seeds = seed_crop(image, seeds, 64, (0.5, 1.5), np.random.default_rng(seed))
         assert crop.shape == (64, 64, 3) and crop_seeds.shape == (16, 16)
         centres = crop[2::4, 2::4].mean(axis=2)  # the pixels the stride-4 seeds were taken from
-        # normalised white is above 2, black below -1.5, padding 0; the resized edge lies between
-        white, black = (centres > 2) & (crop_seeds != 255), (centres < -1.5) & (crop_seeds != 255)
+        # white is 1, black 0, padding the ImageNet mean (about 0.45); the resized edge lies between
+        white, black = (centres > 0.9) & (crop_seeds != 255), (centres < 0.1) & (crop_seeds != 255)
         assert (crop_seeds[white] == 2).all() and (crop_seeds[black] == 0).all()
         assert white.sum() + black.sum() >= 0.5 * (crop_seeds != 255).sum()
     np.testing.assert_array_equal(stride4_labels(np.arange(9 * 6).reshape(9, 6)), [[14, 17], [38, 41], [50, 53]])

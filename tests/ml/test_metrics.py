@@ -106,11 +106,11 @@ def test_sweep_matches_scoring_each_threshold_alone():
 
 
 def test_eval_stages_score_files_per_split_and_list_unreadable_ground_truth(tmp_path):
-    from ml.cam_files import save_cams
     from ml.data import Dataset, ImageRecord
     from ml.data.palette import save_mask_png
     from ml.runtime import StageContext
     from ml.spec.config import resolve_config
+    from ml.spec.layout import cams_name, save_cams
     from ml.stages import eval_cams, eval_masks
 
     run = tmp_path / "run"
@@ -121,7 +121,7 @@ def test_eval_stages_score_files_per_split_and_list_unreadable_ground_truth(tmp_
     records = []
     for image_id, split in (("t1", "train"), ("v1", "val"), ("bad", "val")):
         save_mask_png(gt, tmp_path / f"{image_id}_gt.png")
-        save_cams(run / "make_cams" / f"{image_id}.npz", np.array([1, 2]), cams, cams)
+        save_cams(run / "make_cams" / cams_name(image_id), np.array([1, 2]), cams, cams)
         save_mask_png(gt if split == "train" else np.zeros_like(gt), run / "refine" / f"{image_id}.png")
         records.append(ImageRecord(image_id, tmp_path / "x.jpg", (1, 2), tmp_path / f"{image_id}_gt.png", split))
     (tmp_path / "bad_gt.png").write_bytes(b"damaged")

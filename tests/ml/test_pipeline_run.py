@@ -8,15 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ml.cam_files import cam_path, load_cams
 from ml.data import load_dataset
 from ml.data.images import read_image, read_mask
+from ml.loaders import images_to_tensor01
+from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import CamNet, save_cam_net
 from ml.pipeline import run_pipeline
 from ml.runtime import Cancelled, StageContext
 from ml.spec.config import config_to_dict, resolve_config
+from ml.spec.layout import RunLayout
 from ml.stages import make_cams
-from ml.stages.make_cams import multiscale_cams, normalise_images
+from ml.stages.make_cams import multiscale_cams
 
 TRAINING_STAGES = ("train_cam", "select_prompts", "train_pole")
 # Small enough for a few seconds on two cores; the cpu-small preset otherwise.
@@ -36,7 +38,7 @@ def trained_run(out, config, num_classes: int = 3, stage: str = "train_pole") ->
 def one_pass_at_a_time(net: CamNet, image: np.ndarray, keys, scales) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference: every scale and every flip of one image as its own forward pass."""
     height, width = image.shape[:2]
-    x = normalise_images([image], torch.device("cpu"))
+    x = imagenet_normalize(images_to_tensor01([image], torch.device("cpu")))
     index = torch.as_tensor(keys) - 1
     full = torch.zeros(len(keys), height, width)
     strided = torch.zeros(len(keys), (height + 3) // 4, (width + 3) // 4)
@@ -93,12 +95,12 @@ def test_make_cams_writes_normalised_maps_of_the_tagged_classes(tiny_dataset, tm
     trained_run(out, config)
     make_cams.run(StageContext(dataset, out, config, stage="make_cams"))
     for record in dataset.images:
-        cams = load_cams(cam_path(out, record.id))
+        cams = RunLayout(out).read_cams(record.id)
         height, width = read_image(record.image).shape[:2]
         assert cams.keys.tolist() == list(record.tags)
         assert cams.cam.shape == (len(record.tags), height, width)
         assert cams.cam_s4.shape == (len(record.tags), -(-height // 4), -(-width // 4))
-        with np.load(cam_path(out, record.id)) as raw:
+        with np.load(RunLayout(out).cams(record.id)) as raw:
             assert raw["cam"].dtype == np.float16 and raw["cam_s4"].dtype == np.float16
         peaks = cams.cam.reshape(len(record.tags), -1).max(axis=1)
         assert (cams.cam >= 0).all() and np.all((peaks > 0.99) & (peaks <= 1.0))
@@ -137,7 +139,7 @@ def test_stages_after_training_produce_scored_masks_and_an_archive(tiny_dataset,
         assert metrics["has_ground_truth"] and 0 <= metrics["miou"] <= 1
         assert set(metrics["iou"]) == {"background", *dataset.classes}
     assert summary["eval_cams"]["threshold"] == 0.15 and len(summary["eval_cams"]["sweep"]["thresholds"]) == 15
-    with zipfile.ZipFile(out / "export" / "pole_masks.zip") as zf:
+    with zipfile.ZipFile(RunLayout(out).archive("cvat")) as zf:
         names = set(zf.namelist())
     assert {"labelmap.txt", "ImageSets/Segmentation/default.txt", "selections.csv", "metrics.json"} <= names
     assert {f"SegmentationClass/{r.id}.png" for r in dataset.images} <= names
@@ -181,13 +183,13 @@ def _pole(argv: list[str]) -> int:
 
 def _check_export(out, dataset) -> None:
     """A mask for every image, values in {0..K, 255}, and the CVAT layout in folder and archive."""
-    masks = out / "export" / "masks"
+    masks = RunLayout(out).export_dir("cvat")
     ids = [record.id for record in dataset.images]
     assert (masks / "ImageSets" / "Segmentation" / "default.txt").read_text().split() == ids
     allowed = set(range(dataset.num_classes + 1)) | {255}
     for image_id in ids:
         assert set(np.unique(read_mask(masks / "SegmentationClass" / f"{image_id}.png")).tolist()) <= allowed
-    with zipfile.ZipFile(out / "export" / "pole_masks.zip") as zf:
+    with zipfile.ZipFile(RunLayout(out).archive("cvat")) as zf:
         names = set(zf.namelist())
     on_disk = {p.relative_to(masks).as_posix() for p in masks.rglob("*") if p.is_file()}
     assert names == on_disk

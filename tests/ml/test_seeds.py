@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.cam_files import save_cams
 from ml.data import Dataset, ImageRecord
 from ml.data.images import read_mask
 from ml.dense_crf import crf_labels, crf_mask
 from ml.runtime import StageContext
 from ml.spec.config import CrfParams, MakeSeedsConfig, resolve_config
+from ml.spec.layout import cams_name, save_cams
 from ml.stages import make_seeds
 from ml.stages.make_seeds import combine_seeds, seeds_from_cams
 
@@ -83,7 +83,7 @@ def test_stage_writes_a_seed_png_per_image_and_drops_unreadable_ones(tmp_path):
     records = []
     for name in ("good", "broken"):
         records.append(ImageRecord(name, root / "images" / f"{name}.png", tuple(KEYS)))
-        save_cams(run / "make_cams" / f"{name}.npz", KEYS, cams, cams[:, ::4, ::4])
+        save_cams(run / "make_cams" / cams_name(name), KEYS, cams, cams[:, ::4, ::4])
     dataset = Dataset(root, "manifest", ["a", "b", "c"], records)
     ctx = StageContext(dataset, run, resolve_config("cpu-small"), stage="make_seeds")
     make_seeds.run(ctx)

@@ -7,7 +7,7 @@ from ml.synonyms import builtin_table, clean_words, gather_candidates, rank_cand
 
 
 def test_builtin_table_has_every_voc_class():
-    from ml.data.voc import VOC_CLASSES
+    from ml.data.layouts.voc import VOC_CLASSES
 
     table = builtin_table()
     assert list(table) == list(VOC_CLASSES)

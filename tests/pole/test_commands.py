@@ -11,12 +11,16 @@ from pathlib import Path
 
 import httpx
 
-from tests.app.service import free_port, make_settings, settings_env
+from tests.app.service import free_port, make_settings, processes_using, settings_env
 
 
 def pole(settings, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pole.cli", *args], env=settings_env(settings), capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pole.cli", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -56,19 +60,6 @@ def test_keys_need_the_schema_first(tmp_path):
     assert pole(settings, "keys", "create", "--name", "x").returncode == 0
 
 
-def _processes_using(data_dir: Path) -> list[int]:
-    """Live processes whose environment points at `data_dir` (the serve command and its worker)."""
-    marker = f"POLE_DATA_DIR={data_dir}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
-
-
 def test_serve_runs_api_and_worker_and_stops_both_on_ctrl_c(tmp_path):
     settings = make_settings(tmp_path / "data")
     port = free_port()
@@ -89,7 +80,7 @@ def test_serve_runs_api_and_worker_and_stops_both_on_ctrl_c(tmp_path):
             assert serve.poll() is None and time.monotonic() < deadline, serve.stdout.read().decode()[-3000:]
             time.sleep(0.2)
         assert (settings.data_dir / "pole.db").is_file()  # migrated at start
-        while len(_processes_using(settings.data_dir)) < 3:  # serve, the worker and its pool child
+        while len(processes_using(settings.data_dir)) < 3:  # serve, the worker and its pool child
             assert time.monotonic() < deadline, "the embedded worker did not start"
             time.sleep(0.2)
         serve.send_signal(signal.SIGINT)
@@ -98,6 +89,6 @@ def test_serve_runs_api_and_worker_and_stops_both_on_ctrl_c(tmp_path):
         if serve.poll() is None:
             serve.kill()
     deadline = time.monotonic() + 30
-    while _processes_using(settings.data_dir) and time.monotonic() < deadline:
+    while processes_using(settings.data_dir) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _processes_using(settings.data_dir) == []
+    assert processes_using(settings.data_dir) == []

@@ -11,32 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.data.world import class_names
+from ml.data.archive import zip_folder
 from ml.reports import CAPTION_HEIGHT, HEADER_HEIGHT, SHEET_COLUMNS
+from ml.world.scenes import class_names
 from pole.cli import main
 from pole.demo import DemoError, prepare_output
-
-# A pipeline short enough for a test about the demo's plumbing rather than mask quality.
-FAST_CONFIG = {
-    "train_cam": {"epochs": 1},
-    "train_pole": {"epochs": 1},
-    "make_cams": {"scales": [1.0]},
-    "train_irn": {"epochs": 1},
-    "refine": {"exp_times": 2},
-}
-
-
-def processes_using(data_dir: Path) -> list[int]:
-    """Live processes whose environment points at `data_dir` (the demo's serve and its worker)."""
-    marker = f"POLE_DATA_DIR={data_dir}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
+from tests.app.service import FAST_CONFIG, processes_using
 
 
 def assert_service_stopped(data_dir: Path) -> None:
@@ -96,7 +76,8 @@ def test_demo_runs_a_job_through_the_service_and_writes_its_report(tmp_path, cap
 def test_demo_stops_the_service_when_the_job_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("POLE_OFFLINE", "1")
     assert run_demo(tmp_path, config={"train_pole": {"prompt": "nonsense"}}) == 1
-    assert "train_pole.prompt='nonsense'" in capsys.readouterr().err
+    refusal = capsys.readouterr().err
+    assert refusal.startswith("error: job: HTTP 422") and "train_pole.prompt" in refusal and "nonsense" in refusal
     assert_service_stopped(tmp_path / "out" / "service")
 
 
@@ -106,3 +87,18 @@ def test_demo_refuses_an_output_folder_it_did_not_make(tmp_path):
     with pytest.raises(DemoError, match="not a demo's data directory"):
         prepare_output(tmp_path)
     assert (tmp_path / "service" / "notes.txt").read_text() == "mine"
+
+
+def test_the_world_is_zipped_in_sorted_order_with_relative_posix_names(tmp_path):
+    world = tmp_path / "world"
+    for name in ("masks/b.png", "images/b.png", "images/a.png", "tags.csv"):
+        (world / name).parent.mkdir(parents=True, exist_ok=True)
+        (world / name).write_bytes(name.encode() * 50)
+    (world / "empty").mkdir()
+    archive = zip_folder(world, tmp_path / "world.zip")
+    assert archive == tmp_path / "world.zip"
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        assert [m.filename for m in members] == ["images/a.png", "images/b.png", "masks/b.png", "tags.csv"]
+        assert {m.compress_type for m in members} == {zipfile.ZIP_DEFLATED}
+        assert zf.read("masks/b.png") == b"masks/b.png" * 50

@@ -65,3 +65,9 @@ def make_job(sessions):
 def job_row(sessions, job_id: str) -> Job:
     with sessions() as session:
         return session.get(Job, job_id)
+
+
+def queued_messages(settings) -> list[str]:
+    """The messages waiting in the embedded file queue."""
+    folder = settings.broker_dir / "queue"
+    return [p.read_text() for p in sorted(folder.iterdir())]

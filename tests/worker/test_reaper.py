@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from app.models import JobState, utcnow
-from tests.worker.conftest import job_row
+from tests.worker.conftest import job_row, queued_messages
 from worker.reaper import reap
-
-
-def queued_messages(settings) -> list[str]:
-    folder = settings.broker_dir / "queue"
-    return [p.read_text() for p in sorted(folder.iterdir())]
 
 
 def test_stale_jobs_are_requeued_failed_or_cancelled(settings, sessions, make_job, celery):

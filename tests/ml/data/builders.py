@@ -1,4 +1,6 @@
-"""Builders of tiny image files for the dataset tests, written with Pillow into tmp_path."""
+"""Builders of tiny image files and datasets for the dataset tests, written with Pillow into tmp_path."""
+
+from __future__ import annotations
 
 import struct
 import zlib
@@ -51,6 +53,25 @@ def write_manifest(
     for image_id, mask in (masks or {}).items():
         write_mask(root / "masks" / f"{image_id}.png", mask)
     return root
+
+
+GOOD_MANIFEST_CLASSES = ["cat", "dog", "dining table"]
+
+
+def good_manifest(root: Path, **kwargs) -> Path:
+    """A valid manifest dataset of three images, a.jpg, b.png and c.jpg; kwargs go to write_manifest."""
+    return write_manifest(
+        root,
+        GOOD_MANIFEST_CLASSES,
+        ["a.jpg,cat", "b.png,Dog | dining  table", "c.jpg,cat|cat"],
+        images={"a.jpg": (20, 10), "b.png": (12, 12), "c.jpg": (8, 6)},
+        **kwargs,
+    )
+
+
+def problems_of(excinfo) -> list[str]:
+    """The problems of a raised DatasetError, as `file:line: message` strings."""
+    return [str(p) for p in excinfo.value.problems]
 
 
 def voc_xml(*objects: str | tuple[str, bool]) -> str:

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ml.data.layouts.voc import VOC_CLASSES, voc_label
 from ml.data.palette import VOC_PALETTE, colorize, labelmap_txt, save_mask_png
-from ml.data.voc import VOC_CLASSES, voc_label
 
 # Rows of the table in the VOC reference: index -> RGB.
 REFERENCE_COLOURS = {

@@ -11,6 +11,7 @@ from ml.data.images import read_mask
 from ml.data.palette import labelmap_txt, save_mask_png
 from ml.runtime import StageContext, write_json
 from ml.spec.config import config_to_dict, resolve_config
+from ml.spec.layout import RunLayout
 from ml.stages import export
 
 CLASSES = ["cat", "dog"]
@@ -54,7 +55,7 @@ def _run(tmp_path, config=None, selections=True, mask_stage="refine") -> StageCo
 def test_export_writes_the_cvat_segmentation_mask_layout(tmp_path):
     ctx = _run(tmp_path)
     export.run(ctx)
-    masks = ctx.out / "export" / "masks"
+    masks = RunLayout(ctx.out).export_dir("cvat")
     assert sorted(p.name for p in (masks / "SegmentationClass").iterdir()) == [f"{i}.png" for i in IDS]
     for image_id in IDS:
         exported = masks / "SegmentationClass" / f"{image_id}.png"
@@ -73,7 +74,7 @@ def test_export_writes_the_cvat_segmentation_mask_layout(tmp_path):
     metrics = json.loads((masks / "metrics.json").read_text())
     assert metrics["miou"] == 0.5 and metrics["cams"]["miou"] == 0.25
     assert json.loads((masks / "config.json").read_text()) == config_to_dict(ctx.config)
-    with zipfile.ZipFile(ctx.out / "export" / export.ARCHIVE) as zf:
+    with zipfile.ZipFile(RunLayout(ctx.out).archive("cvat")) as zf:
         names = set(zf.namelist())
         on_disk = {p.relative_to(masks).as_posix() for p in masks.rglob("*") if p.is_file()}
         assert names == on_disk and "labelmap.txt" in names and "SegmentationClass/a1.png" in names
@@ -83,7 +84,7 @@ def test_export_writes_the_cvat_segmentation_mask_layout(tmp_path):
 def test_without_a_selection_stage_the_csv_is_header_only(tmp_path):
     ctx = _run(tmp_path, selections=False)
     export.run(ctx)
-    text = (ctx.out / "export" / "masks" / "selections.csv").read_text()
+    text = (RunLayout(ctx.out).export_dir("cvat") / "selections.csv").read_text()
     assert text.splitlines() == [",".join(export.SELECTION_COLUMNS)]
 
 
@@ -91,7 +92,7 @@ def test_masks_come_from_crf_when_it_is_enabled(tmp_path):
     ctx = _run(tmp_path, config=resolve_config("cpu-small", {"crf": {"enabled": True}}), mask_stage="crf")
     export.run(ctx)
     assert json.loads((ctx.out / "export" / "stage.json").read_text())["masks_from"] == "crf"
-    assert len(list((ctx.out / "export" / "masks" / "SegmentationClass").iterdir())) == len(IDS)
+    assert len(list((RunLayout(ctx.out).export_dir("cvat") / "SegmentationClass").iterdir())) == len(IDS)
 
 
 def test_a_missing_mask_stops_the_export_and_leaves_no_output(tmp_path):

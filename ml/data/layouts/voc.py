@@ -1,4 +1,11 @@
-"""PASCAL VOC names and the two VOC-layout text formats: Annotations/*.xml and CVAT's labelmap.txt.
+"""The VOC layout: `JPEGImages/`, `Annotations/*.xml`, `SegmentationClass/`, `ImageSets/Segmentation/*.txt`.
+
+Tags come from the object names of `Annotations/<id>.xml` (objects marked difficult or truncated
+still count: the class is in the picture), else from the labels present in
+`SegmentationClass/<id>.png` (0 and 255 are not tags). The images are those of the lists in
+`ImageSets/Segmentation/*.txt`, each in the split of the smallest list naming it (so train and val
+win over trainval), or every file in `JPEGImages/` as "train" when there are no lists. Classes are
+the 20 VOC classes, or those of CVAT's `labelmap.txt` when present (its RGB masks use its colours).
 
 Label i (1-based) is VOC_CLASSES[i - 1]; 0 is background; 255 is "ignore" in masks only (object
 outlines and uncertain pixels), never a class or a tag.
@@ -15,7 +22,23 @@ import numpy as np
 from defusedxml.common import DefusedXmlException
 
 from ml.data.dataset import Problem
+from ml.data.layouts.listing import (
+    ClassLookup,
+    Entry,
+    Listing,
+    by_stem,
+    class_lookup,
+    files,
+    one_file,
+    read_lines,
+    read_synonyms,
+    relative,
+    valid_classes,
+)
 from ml.data.palette import VOC_PALETTE
+
+VOC_IMAGES = "JPEGImages"
+VOC_LISTS = "ImageSets/Segmentation"
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
@@ -156,3 +179,85 @@ def parse_labelmap(lines: list[str], file: str) -> tuple[LabelMap, list[Problem]
     if not classes:
         problems.append(Problem(file, None, "no labels besides background"))
     return LabelMap(classes, palette), problems
+
+
+def read_voc(root: Path, split: str | None) -> Listing:
+    """List a VOC dataset's classes and images, with the tags its annotation XMLs give."""
+    problems: list[Problem] = []
+    classes, palette = _voc_classes(root, problems)
+    lookup = class_lookup(classes, name_key)
+    synonyms = read_synonyms(root, classes, lookup, problems)
+    images, masks, annotations = (by_stem(root / name) for name in (VOC_IMAGES, "SegmentationClass", "Annotations"))
+    entries = _voc_entries(root, split, problems)
+    for entry in entries:
+        entry.image = one_file(entry, root, images.get(entry.id, []))
+        if entry.id not in images:
+            entry.problem(f"image file {VOC_IMAGES}/{entry.id}.jpg not found")
+            continue
+        entry.mask = one_file(entry, root, masks.get(entry.id, []))
+        xml = one_file(entry, root, annotations.get(entry.id, []))
+        if xml is not None:
+            entry.tags = _voc_tags(root, xml, classes, lookup, entry)
+        if entry.tags is None and entry.mask is None:
+            entry.problem(
+                f"image without tags: neither Annotations/{entry.id}.xml nor SegmentationClass/{entry.id}.png"
+            )
+    return Listing(classes, entries, synonyms, problems, palette)
+
+
+def _voc_classes(root: Path, problems: list[Problem]) -> tuple[list[str], np.ndarray | None]:
+    if not (root / "labelmap.txt").is_file():
+        return list(VOC_CLASSES), None
+    labelmap, labelmap_problems = parse_labelmap(read_lines(root, "labelmap.txt", problems) or [], "labelmap.txt")
+    problems.extend(labelmap_problems)
+    return labelmap.classes, labelmap.palette
+
+
+def _voc_entries(root: Path, split: str | None, problems: list[Problem]) -> list[Entry]:
+    """The images to read, from the split lists or, without lists, every file in JPEGImages/."""
+    lists = [path for path in files(root / VOC_LISTS) if path.suffix == ".txt"]
+    if not lists:
+        if split is not None:
+            problems.append(Problem(VOC_LISTS, None, f"split {split!r} asked for, but there are no split lists here"))
+        return [
+            Entry(id=image_id, listed_in=relative(root, paths[0]), line=None)
+            for image_id, paths in by_stem(root / VOC_IMAGES).items()
+        ]
+    members: dict[str, list[tuple[str, int]]] = {}  # list name -> (id, line)
+    for path in lists:
+        lines = read_lines(root, relative(root, path), problems) or []
+        members[path.stem] = [(line.split()[0], n) for n, line in enumerate(lines, start=1) if line.split()]
+    if split is not None and split not in members:
+        problems.append(Problem(VOC_LISTS, None, f"no list {split}.txt; lists present: {', '.join(sorted(members))}"))
+        return []
+    # An image named by several lists belongs to the smallest: train and val win over trainval.
+    chosen = [split] if split is not None else sorted(members, key=lambda name: (len(members[name]), name))
+    entries: dict[str, Entry] = {}
+    for list_name in chosen:
+        for image_id, number in members[list_name]:
+            entry = entries.get(image_id)
+            if entry is None:
+                listed_in = f"{VOC_LISTS}/{list_name}.txt"
+                entries[image_id] = Entry(id=image_id, listed_in=listed_in, line=number, split=list_name)
+            elif entry.split == list_name:
+                entry.problems.append(
+                    Problem(entry.listed_in, number, f"id {image_id!r} listed twice (first at line {entry.line})")
+                )
+    return sorted(entries.values(), key=lambda entry: (entry.listed_in, entry.line or 0))
+
+
+def _voc_tags(root: Path, xml: Path, classes: list[str], lookup: ClassLookup, entry: Entry) -> tuple[int, ...] | None:
+    """Labels of the XML's objects; None when it names none, so that the mask decides."""
+    file = relative(root, xml)
+    objects, problems = read_annotation_objects(xml, file)
+    entry.problems.extend(problems)
+    labels: set[int] = set()
+    for obj in objects:
+        label = lookup(obj.name)
+        if label is None:
+            entry.problems.append(
+                Problem(file, obj.line, f"unknown object name {obj.name!r}; {valid_classes(classes)}")
+            )
+        else:
+            labels.add(label)
+    return tuple(sorted(labels)) if labels or problems else None

@@ -16,8 +16,8 @@ import pytest
 
 from ml.data import load_dataset
 from ml.data.images import read_mask
-from ml.data.world import make_world
 from ml.reports import background_only_miou
+from ml.world.dataset import make_world
 from pole.cli import main
 
 # The demo preset shortened to fit the default suite: a small world, every image trained on (pseudo
