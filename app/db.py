@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+SERIALIZATION_FAILURE = "40001"  # PostgreSQL's SQLSTATE
 
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
@@ -39,6 +44,31 @@ def session_scope(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session that commits when the block ends and rolls back if it raises."""
     with sessions() as session, session.begin():
         yield session
+
+
+def serializable(session: Session) -> None:
+    """Run the session's next transaction at SERIALIZABLE isolation (ends the current one first).
+
+    For decisions two requests could take at once (a job created on a dataset being deleted):
+    PostgreSQL then aborts one of them with a serialization failure (see `decide_serially`) instead
+    of letting both commit; SQLite's single writer serialises them anyway.
+    """
+    session.rollback()
+    session.connection(execution_options={"isolation_level": "SERIALIZABLE"})
+
+
+def decide_serially(session: Session, decide: Callable[[int], T], attempts: int = 3) -> T:
+    """Run `decide(attempt)` (whose transaction starts with `serializable(session)`) again while
+    PostgreSQL aborts it for a concurrent transaction it conflicted with: the retry sees what that
+    one committed."""
+    for attempt in range(attempts):
+        try:
+            return decide(attempt)
+        except OperationalError as err:
+            if getattr(err.orig, "sqlstate", None) != SERIALIZATION_FAILURE or attempt == attempts - 1:
+                raise
+            session.rollback()
+    raise AssertionError("attempts must be at least 1")
 
 
 def ping(engine: Engine) -> None:

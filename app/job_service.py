@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.db import decide_serially, serializable
 from app.errors import ApiError
 from app.models import ApiKey, Dataset, Job, JobState, utcnow
 from app.queue import send_run_job
@@ -30,11 +31,31 @@ def create_job(
     """Validate, store and enqueue a job; returns (job, created). A replayed Idempotency-Key returns
     the job it created, provided the body is the same."""
     request_hash = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
+    owner_id = owner.id
+    return decide_serially(
+        session,
+        lambda attempt: _create_job(session, settings, celery, owner_id, body, idempotency_key, request_hash, attempt),
+    )
+
+
+def _create_job(
+    session: Session,
+    settings: Settings,
+    celery: Celery,
+    owner_id: int,
+    body: JobCreate,
+    idempotency_key: str | None,
+    request_hash: str,
+    attempt: int,
+) -> tuple[Job, bool]:
+    serializable(session)  # the dataset's existence and the new job row are decided together
     if idempotency_key:
-        earlier = _job_for_key(session, owner.id, idempotency_key, request_hash)
+        earlier = _job_for_key(session, owner_id, idempotency_key, request_hash)
         if earlier:
             return earlier, False
-    dataset = session.scalar(select(Dataset).where(Dataset.id == body.dataset_id, Dataset.owner_id == owner.id))
+    dataset = session.scalar(select(Dataset).where(Dataset.id == body.dataset_id, Dataset.owner_id == owner_id))
+    if dataset is None and attempt > 0:  # it was there when this request began
+        raise ApiError(409, _deleted_meanwhile(body.dataset_id))
     if dataset is None:
         raise ApiError(404, f"no dataset {body.dataset_id!r}; upload one with POST /v1/datasets")
     preset = body.preset or settings.default_preset
@@ -53,8 +74,9 @@ def create_job(
     resolved = config_to_dict(config)
     if not settings.allow_weight_files:
         _refuse_weight_files(resolved["models"])
+    _check_server_limits(config, settings)
     job = Job(
-        owner_id=owner.id,
+        owner_id=owner_id,
         dataset_id=dataset.id,
         state=JobState.queued,
         preset=preset,
@@ -68,12 +90,15 @@ def create_job(
     try:
         session.commit()
     except IntegrityError:
-        # Another request with the same Idempotency-Key won the race; answer as a replay.
+        # Either another request with the same Idempotency-Key won the race (answered as a replay),
+        # or the dataset was deleted between our read and our insert (SQLite checks the foreign key).
         session.rollback()
-        earlier = _job_for_key(session, owner.id, idempotency_key, request_hash)
-        if earlier is None:
-            raise
-        return earlier, False
+        earlier = _job_for_key(session, owner_id, idempotency_key, request_hash) if idempotency_key else None
+        if earlier is not None:
+            return earlier, False
+        if session.get(Dataset, body.dataset_id) is None:
+            raise ApiError(409, _deleted_meanwhile(body.dataset_id)) from None
+        raise
     try:
         send_run_job(celery, job.id)  # only after the commit: the worker must find the row
     except BrokerUnreachable as err:
@@ -82,6 +107,41 @@ def create_job(
         session.commit()
         raise ApiError(503, "the job queue is unreachable right now; nothing was created, try again") from err
     return job, True
+
+
+def _deleted_meanwhile(dataset_id: str) -> str:
+    return f"dataset {dataset_id!r} was deleted while this job was being created; nothing was queued"
+
+
+def _check_server_limits(config, settings: Settings) -> None:
+    """The operator's ceilings on what one job may cost, all named at once."""
+    limits = [
+        (f"{section}.epochs", getattr(config, section).epochs, settings.max_epochs, "POLE_MAX_EPOCHS")
+        for section in ("train_cam", "train_pole", "train_irn")
+    ]
+    limits += [
+        (f"{section}.batch_size", getattr(config, section).batch_size, settings.max_batch_size, "POLE_MAX_BATCH_SIZE")
+        for section in ("train_cam", "train_pole", "train_irn", "select_prompts")
+    ]
+    limits += [
+        ("num_workers", config.num_workers, settings.max_loader_workers, "POLE_MAX_LOADER_WORKERS"),
+        (
+            "train_cam.augment.crop_size",
+            config.train_cam.augment.crop_size,
+            settings.max_crop_size,
+            "POLE_MAX_CROP_SIZE",
+        ),
+        (
+            "train_pole.augment.crop_size",
+            config.train_pole.augment.crop_size,
+            settings.max_crop_size,
+            "POLE_MAX_CROP_SIZE",
+        ),
+        ("train_irn.crop_size", config.train_irn.crop_size, settings.max_crop_size, "POLE_MAX_CROP_SIZE"),
+    ]
+    over = [f"{key}={value} (limit {limit}, {env})" for key, value, limit, env in limits if value > limit]
+    if over:
+        raise ApiError(422, f"config exceeds this server's limits: {'; '.join(over)}; lower them or ask the operator")
 
 
 def _refuse_weight_files(models: dict) -> None:

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     default_preset: str = "paper"
     # Whether job configs may name weight files (models.*) on the workers' disks; tags only when false.
     allow_weight_files: bool = False
+    # Ceilings on what one job may ask for (checked by the API beside the config's own ranges):
+    # training epochs of each stage, batch sizes, crop sizes (memory) and data-loader processes.
+    max_epochs: int = Field(default=200, ge=1)
+    max_batch_size: int = Field(default=256, ge=1)
+    max_crop_size: int = Field(default=1024, ge=16)
+    max_loader_workers: int = Field(default=8, ge=0)
 
     # Uploads: the request body is counted as it streams to disk; past this the answer is 413.
     max_upload_bytes: int = Field(default=2 * GiB, gt=0)

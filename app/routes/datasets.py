@@ -6,10 +6,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
+from app.dataset_service import delete_unused_dataset
+from app.db import decide_serially
 from app.deps import CurrentKey, OwnedDataset, PageParams, SessionDep, SettingsDep
-from app.errors import ApiError
 from app.ingest import store_dataset
-from app.models import ACTIVE_STATES, Dataset, Image, Job
+from app.models import Dataset, Image
 from app.pagination import paginate
 from app.schemas import DatasetOut, ImageOut, Page
 from app.storage import dataset_dir, job_dir, new_upload_path, receive_file, remove_path
@@ -66,13 +67,8 @@ def list_images(dataset: OwnedDataset, session: SessionDep, page: PageParams) ->
 @router.delete("/{dataset_id}", status_code=204)
 def delete_dataset(dataset: OwnedDataset, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete the dataset with its finished jobs and their results; refused while a job uses it."""
-    jobs = session.scalars(select(Job).where(Job.dataset_id == dataset.id)).all()
-    active = [j.id for j in jobs if j.state in ACTIVE_STATES]
-    if active:
-        raise ApiError(409, f"dataset is in use by job(s) {', '.join(active)}; cancel them or wait until they end")
-    folders = [dataset_dir(settings, dataset.path), *(job_dir(settings, j.id) for j in jobs)]
-    session.delete(dataset)
-    session.commit()
-    for folder in folders:
+    dataset_id, path = dataset.id, dataset.path
+    job_ids = decide_serially(session, lambda _attempt: delete_unused_dataset(session, dataset_id))
+    for folder in [dataset_dir(settings, path), *(job_dir(settings, j) for j in job_ids)]:
         remove_path(folder)
     return Response(status_code=204)

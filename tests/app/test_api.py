@@ -150,3 +150,19 @@ def test_an_unreachable_queue_makes_the_api_unready_and_creates_no_job(tmp_path,
         refused = alice.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small"})
         assert refused.status_code == 503 and "nothing was created" in refused.json()["detail"]
         assert alice.get("/v1/jobs").json()["items"] == []
+
+
+def test_job_configs_over_the_operators_limits_are_refused_with_every_excess_named(tmp_path, dataset_zip):
+    settings = make_settings(tmp_path / "limited", max_epochs=10, max_loader_workers=2)
+    with ApiServer(settings) as api, api.client(new_key(settings, "alice")) as client:
+        with open(dataset_zip, "rb") as f:
+            dataset_id = client.post("/v1/datasets", files={"file": ("d.zip", f)}).json()["id"]
+        config = {"train_cam": {"epochs": 11}, "train_irn": {"epochs": 500}, "num_workers": 3}
+        refused = client.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small", "config": config})
+        assert refused.status_code == 422
+        detail = refused.json()["detail"]
+        for part in ("train_cam.epochs=11", "train_irn.epochs=500", "POLE_MAX_EPOCHS", "num_workers=3"):
+            assert part in detail
+        config = {"train_cam": {"epochs": 10}, "num_workers": 2}
+        accepted = client.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small", "config": config})
+        assert accepted.status_code == 201, accepted.text
