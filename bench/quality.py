@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     command = ".venv/bin/python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     from ml.reports import word_shares
-    from ml.world.dataset import make_world
+    from ml.world.writer import make_world
 
     # Idle OpenMP threads sleep instead of spinning: the runs share the cores (the `pole` command does the same).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

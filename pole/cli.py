@@ -7,7 +7,7 @@ import os
 import sys
 
 from pole import demo
-from pole.commands import pipeline, service, world
+from pole.commands import runs, service, world
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="pole: pixel pseudo masks from image-level tags (POLE + IRNet).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (pipeline, world, service, demo):
+    for group in (runs, world, service, demo):
         group.register(sub)
     return parser
 

@@ -79,7 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def run_job(client: PoleClient, out: Path, args: argparse.Namespace, overrides: dict) -> dict[str, Path]:
     """World -> upload -> job -> archive, metrics, selections and figures; returns the files written."""
-    from ml.world.dataset import make_world
+    from ml.world.writer import make_world
 
     world = out / "world"
     print(f"making a sample world of {args.n} images ({args.size} px, seed {args.seed})")

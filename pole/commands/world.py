@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_make(args: argparse.Namespace) -> int:
     import time
 
-    from ml.world.dataset import make_world
+    from ml.world.writer import make_world
 
     started = time.monotonic()
     try:

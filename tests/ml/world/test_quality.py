@@ -17,7 +17,7 @@ import pytest
 from ml.data import load_dataset
 from ml.data.images import read_mask
 from ml.reports import background_only_miou
-from ml.world.dataset import make_world
+from ml.world.writer import make_world
 from pole.cli import main
 
 # The demo preset shortened to fit the default suite: a small world, every image trained on (pseudo

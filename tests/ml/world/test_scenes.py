@@ -55,7 +55,7 @@ def test_context_backgrounds_follow_their_classes(scenes):
 
 
 def test_world_generation_does_not_import_torch():
-    code = "import sys, ml.world.dataset; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import sys, ml.world.writer; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ml.data import load_dataset
 from ml.world import scenes as world
-from ml.world.dataset import make_world
+from ml.world.writer import make_world
 from pole.cli import main
 
 
