@@ -16,8 +16,8 @@ Work is shared where it is identical: for a seed, train_cam (and select_prompts,
 that select words) runs once and its finished directory is copied into the other runs, so their
 pipelines skip it. Runs resume: re-running the command finishes what an interrupted one left.
 Writes quality.json (every figure per seed, the chosen words) and quality.md (the table) into
---results (bench/results, kept in the repository) and puts the table between the markers of
---readme, so the README's figures are always a run's; worlds and runs go to --out.
+--results (bench/results, kept in the repository); with --readme FILE it also puts the table between
+the markers of FILE, so the README's figures are always a run's; worlds and runs go to --out.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world-seed", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
-    parser.add_argument("--readme", type=Path, default=Path("README.md"), help="file whose marked block gets the table")
+    parser.add_argument("--readme", type=Path, help="also write the table between this file's markers (README.md)")
     parser.add_argument("--config", type=Path, help="JSON overrides applied to every method (on the demo preset)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once; torch threads are split between them")
     args = parser.parse_args(argv)
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     (args.results / "quality.md").write_text(table)
     print(table)
-    if update_readme(args.readme, table):
+    if args.readme and update_readme(args.readme, table):
         print(f"updated the table in {args.readme}")
     return 0
 

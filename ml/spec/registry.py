@@ -88,6 +88,7 @@ class Stage:
     section: str | None  # the config section it reads (recorded in its stage.json)
     evaluation: bool = False  # writes metrics.json, recorded per job
     enabled: Callable[[Any], bool] = _always  # (PipelineConfig) -> whether the run has this stage
+    enabled_when: str = ""  # for messages: the settings that turn an optional stage on
 
     @property
     def module(self) -> str:
@@ -100,14 +101,26 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("train_cam", 0.15, "train_cam"),
-    Stage("select_prompts", 0.05, "select_prompts", enabled=_selects_words),
-    Stage("train_pole", 0.35, "train_pole", enabled=lambda c: c.train_pole.enabled),
+    Stage(
+        "select_prompts",
+        0.05,
+        "select_prompts",
+        enabled=_selects_words,
+        enabled_when="train_pole.enabled is true and train_pole.prompt uses selected words (pole)",
+    ),
+    Stage(
+        "train_pole",
+        0.35,
+        "train_pole",
+        enabled=lambda c: c.train_pole.enabled,
+        enabled_when="train_pole.enabled is true",
+    ),
     Stage("make_cams", 0.10, "make_cams"),
     Stage("eval_cams", 0.02, "eval", evaluation=True),
     Stage("make_seeds", 0.05, "make_seeds"),
     Stage("train_irn", 0.15, "train_irn"),
     Stage("refine", 0.08, "refine"),
-    Stage("crf", 0.02, "crf", enabled=lambda c: c.crf.enabled),
+    Stage("crf", 0.02, "crf", enabled=lambda c: c.crf.enabled, enabled_when="crf.enabled is true"),
     Stage("eval_masks", 0.01, "eval", evaluation=True),
     Stage("export", 0.02, "export"),
 )

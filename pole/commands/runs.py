@@ -15,7 +15,7 @@ from pathlib import Path
 from ml.data import DatasetError
 from ml.spec.config import ConfigError, available_presets, load_config_file, resolve_config
 from ml.spec.layout import RunLayout
-from ml.spec.registry import EVALUATION_STAGES, STAGES
+from ml.spec.registry import EVALUATION_STAGES, STAGE_BY_NAME, STAGES, stages_for
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,21 +53,21 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace, until: str | None = None) -> int:
+def cmd_run(args: argparse.Namespace, stage: str | None = None) -> int:
+    """The whole pipeline (resuming), up to `--until`; or, with `stage`, that stage alone."""
     from ml.data.readers import resolve_dataset_path
     from ml.pipeline import run_pipeline
-    from ml.spec.registry import stages_for
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    until = stage or (args.until.replace("-", "_") if getattr(args, "until", None) else None)
     try:
         config = _config(args)
+        problem = _stage_problem(config, until, args.out, alone=stage is not None) if until else None
+        if problem:
+            raise ConfigError(problem)
         dataset = _load(args, resolve_dataset_path(args.dataset, args.out), config.skip_bad_images)
     except (ConfigError, DatasetError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    until = until or (args.until.replace("-", "_") if getattr(args, "until", None) else None)
-    if until and until not in stages_for(config):
-        print(f"error: no stage {until!r} in this run; stages: {', '.join(stages_for(config))}", file=sys.stderr)
         return 2
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -89,7 +89,25 @@ def cmd_run(args: argparse.Namespace, until: str | None = None) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    return cmd_run(args, until=args.name.replace("-", "_"))
+    return cmd_run(args, stage=args.name.replace("-", "_"))
+
+
+def _stage_problem(config, stage: str, out: Path, alone: bool) -> str | None:
+    """Why `stage` cannot run now: the config leaves it out, or (run alone) an earlier stage has not run."""
+    names = stages_for(config)
+    if stage not in names:
+        known = STAGE_BY_NAME.get(stage)
+        when = known.enabled_when if known else ""
+        because = f": it runs when {when} (set it with --config)" if when else ""
+        return f"no stage {stage!r} in this run{because}; this run's stages: {', '.join(names)}"
+    missing = [name for name in names[: names.index(stage)] if not RunLayout(out).stage_done(name)] if alone else []
+    if missing:
+        command = stage.replace("_", "-")
+        return (
+            f"`pole stage {command}` runs that stage alone, on the outputs of the stages before it; "
+            f"{out} lacks {', '.join(missing)}. Run `pole run ... --until {command}` to run them all"
+        )
+    return None
 
 
 def _config(args: argparse.Namespace):
