@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.errors import ApiError
 from app.models import Dataset, Image, new_id
 from app.settings import Settings
-from app.storage import new_upload_path, remove_path
+from app.storage import new_upload_path, remove_path, upload_done
 from ml.data import DatasetError
 from ml.data.archive import ArchiveError, safe_extract
 from ml.data.readers import read_dataset
@@ -72,6 +72,7 @@ def store_dataset(session: Session, settings: Settings, *, owner_id: int, upload
     final = settings.data_dir / row.path
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging, final)
+    upload_done(staging)
     try:
         session.add(row)
         session.commit()

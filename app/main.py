@@ -13,9 +13,11 @@ from fastapi import FastAPI
 
 from app.db import create_db_engine, make_sessionmaker
 from app.errors import install_error_handlers
+from app.openapi import install_openapi
 from app.queue import create_celery
 from app.routes import datasets, health, jobs, results
 from app.settings import Settings
+from app.stale_uploads import stale_upload_sweeps
 from ml.spec import __version__
 
 
@@ -26,7 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
+        async with stale_upload_sweeps(settings):
+            yield
         engine.dispose()
 
     app = FastAPI(
@@ -43,4 +46,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, datasets, jobs, results):
         app.include_router(module.router)
+    install_openapi(app)
     return app

@@ -230,3 +230,19 @@ class StageMetrics(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # the stage's whole metrics.json
 
     __table_args__ = (UniqueConstraint("job_id", "stage"),)
+
+
+class Worker(Base):
+    """A worker's main process as it last reported itself; /readyz counts those whose heartbeat is fresh."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # `pole worker --name`, stable across restarts
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queue: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    # The readiness count: live workers of one queue.
+    __table_args__ = (Index("ix_workers_queue_heartbeat", "queue", "heartbeat_at"),)

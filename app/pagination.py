@@ -41,7 +41,7 @@ def _sort_value(value, kind: type):
         if isinstance(value, bool) or not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX:
             raise ValueError("expected a 64-bit integer")
         return value
-    if not isinstance(value, kind):
+    if not isinstance(value, kind) or (isinstance(value, str) and "\x00" in value):
         raise TypeError(f"expected {kind.__name__}")
     return value
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 T = TypeVar("T")
 
@@ -46,6 +47,24 @@ class JobCreate(BaseModel):
     synonyms: dict[str, list[str]] = Field(
         default_factory=dict, description="candidate [CLS] words per class; they win over every other list"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_characters(cls, data: Any) -> Any:
+        # No database column or JSON document of PostgreSQL can store U+0000; refuse it up front.
+        if _holds_nul(data):
+            raise ValueError("text in a job request may not contain NUL (\\u0000) characters")
+        return data
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 class StageOut(BaseModel):
@@ -116,3 +135,25 @@ class MetricsOut(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class ProblemOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(description="the file at fault, relative to the dataset folder")
+    line: int | None = Field(description="its line, where the problem is on one")
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every refusal and failure: `detail` says what to fix; some refusals add keys beside it."""
+
+    model_config = ConfigDict(extra="forbid")  # the document lists every key an error body can have
+
+    detail: str
+    # Only dataset refusals carry the list, so it is left out of the body (not null) everywhere else.
+    problems: list[ProblemOut] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="every problem found in an uploaded dataset (422 on POST /v1/datasets)",
+        json_schema_extra=lambda schema: schema.pop("default"),  # an absent key, not a null default
+    )

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=500, ge=1)
 
+    # What a process that died mid-upload left in the uploads folder is removed once this old (by
+    # mtime; uploads in progress are kept fresh, see app/stale_uploads.py).
+    upload_max_age_seconds: float = Field(default=3600.0, gt=0)
+    # /readyz answers 503 while no worker is alive. False for an API-only deployment that should take
+    # requests whatever the workers do (the count is still reported).
+    ready_needs_worker: bool = True
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:

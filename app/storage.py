@@ -18,6 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import ApiError
 from app.settings import Settings
+from app.stale_uploads import UPLOADS_IN_PROGRESS
 from ml.spec.layout import RunLayout
 
 MULTIPART_OVERHEAD = 64 << 10  # boundaries and part headers around the file itself
@@ -40,11 +41,20 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+    UPLOADS_IN_PROGRESS.discard(path)
 
 
 def new_upload_path(settings: Settings, suffix: str = "") -> Path:
+    """A new path in the uploads folder, in progress (kept from the stale-upload sweeps) until `remove_path`
+    removes it or `upload_done` says it was moved away."""
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-    return settings.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
+    path = settings.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
+    UPLOADS_IN_PROGRESS.add(path)
+    return path
+
+
+def upload_done(path: Path) -> None:
+    UPLOADS_IN_PROGRESS.discard(path)
 
 
 async def receive_file(request: Request, dest: Path, max_bytes: int, field: str = "file") -> str:
@@ -125,7 +135,9 @@ class _FileReceiver:
         _, params = parse_options_header(self._disposition)
         if params.get(b"name", b"").decode() != self.field or self._out is not None or self.filename is not None:
             return  # other fields, and any second file under the same name, are skipped
-        self.filename = params.get(b"filename", b"upload.zip").decode(errors="replace")
+        # A display name only (never a path); control characters could not be stored or shown.
+        name = params.get(b"filename", b"upload.zip").decode(errors="replace")
+        self.filename = "".join(c for c in name if c.isprintable())[:255] or "upload.zip"
         self._out = open(self.dest, "xb")  # noqa: SIM115 (closed in _part_end or close)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:

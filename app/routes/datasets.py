@@ -11,6 +11,7 @@ from app.db import decide_serially
 from app.deps import CurrentKey, OwnedDataset, PageParams, SessionDep, SettingsDep
 from app.ingest import store_dataset
 from app.models import Dataset, Image
+from app.openapi import error_responses
 from app.pagination import paginate
 from app.schemas import DatasetOut, ImageOut, Page
 from app.storage import dataset_dir, job_dir, new_upload_path, receive_file, remove_path
@@ -33,7 +34,13 @@ UPLOAD_BODY = {
 }
 
 
-@router.post("", status_code=201, response_model=DatasetOut, openapi_extra=UPLOAD_BODY)
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    openapi_extra=UPLOAD_BODY,
+    responses=error_responses(400, 413, 415, 422),
+)
 async def upload_dataset(request: Request, key: CurrentKey, session: SessionDep, settings: SettingsDep) -> Dataset:
     """Upload a .zip in the manifest or VOC layout as the multipart field `file`."""
     upload = new_upload_path(settings, ".zip")
@@ -64,7 +71,7 @@ def list_images(dataset: OwnedDataset, session: SessionDep, page: PageParams) ->
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.delete("/{dataset_id}", status_code=204)
+@router.delete("/{dataset_id}", status_code=204, responses=error_responses(409))
 def delete_dataset(dataset: OwnedDataset, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete the dataset with its finished jobs and their results; refused while a job uses it."""
     dataset_id, path = dataset.id, dataset.path

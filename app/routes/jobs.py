@@ -11,13 +11,22 @@ from sqlalchemy.orm import selectinload
 from app.deps import CeleryDep, CurrentKey, OwnedJob, PageParams, SessionDep, SettingsDep
 from app.job_service import cancel_job, create_job, job_out
 from app.models import Job, JobState
+from app.openapi import error_responses
 from app.pagination import paginate
 from app.schemas import JobCreate, JobOut, Page
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=201, response_model=JobOut, responses={200: {"description": "an Idempotency-Key replay"}})
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    responses={
+        200: {"model": JobOut, "description": "an Idempotency-Key replay"},
+        **error_responses(404, 409, 422, 503),
+    },
+)
 def post_job(
     body: JobCreate,
     response: Response,
@@ -25,7 +34,7 @@ def post_job(
     session: SessionDep,
     settings: SettingsDep,
     celery: CeleryDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobOut:
     """Queue a pipeline run on one of your datasets. Only `dataset_id` is required."""
     job, created = create_job(session, settings, celery, owner=key, body=body, idempotency_key=idempotency_key)
@@ -56,7 +65,7 @@ def get_job(job: OwnedJob) -> JobOut:
     return job_out(job)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(409))
 def post_cancel(job: OwnedJob, session: SessionDep) -> JobOut:
     """Cooperative: a queued job is cancelled at once, a running one at its next batch boundary."""
     return job_out(cancel_job(session, job))

@@ -12,6 +12,7 @@ from app.deps import OwnedJob, PageParams, SessionDep, SettingsDep
 from app.errors import ApiError
 from app.job_service import stage_metrics_out
 from app.models import Image, Job, JobState, Selection
+from app.openapi import error_responses
 from app.pagination import paginate
 from app.schemas import JobImageOut, MetricsOut, Page, SelectionOut
 from app.storage import dataset_dir, run_layout
@@ -20,7 +21,9 @@ from ml.spec.registry import EXPORT_FORMATS, final_masks_stage
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"])
 
-PNG = {200: {"content": {"image/png": {}}}}
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+# A result file exists once the job has succeeded (409 before), for images it did not drop (404).
+PNG = {200: {"content": {"image/png": BINARY}}, **error_responses(409)}
 
 
 def _require_succeeded(job: Job, what: str) -> None:
@@ -28,7 +31,11 @@ def _require_succeeded(job: Job, what: str) -> None:
         raise ApiError(409, f"job is {job.state}; the {what} exists once it has succeeded (GET /v1/jobs/{job.id})")
 
 
-@router.get("/archive", response_class=FileResponse, responses={200: {"content": {"application/zip": {}}}})
+@router.get(
+    "/archive",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": BINARY}}, **error_responses(409, 410)},
+)
 def get_archive(
     job: OwnedJob,
     settings: SettingsDep,

@@ -8,6 +8,7 @@ passed, so a refused archive leaves nothing behind.
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import stat
@@ -118,7 +119,7 @@ def _copy_member(
     compressed = max(info.compress_size, 1)
     target.parent.mkdir(parents=True, exist_ok=True)
     with archive.open(info) as source, open(target, "xb") as out:
-        while chunk := source.read(_CHUNK):
+        while chunk := _read_member(source, info):
             written += len(chunk)
             if written > limits.max_member_bytes:
                 raise ArchiveError(
@@ -132,6 +133,13 @@ def _copy_member(
                 )
             out.write(chunk)
     return written
+
+
+def _read_member(source, info: zipfile.ZipInfo) -> bytes:
+    try:
+        return source.read(_CHUNK)
+    except (OSError, lzma.LZMAError) as err:  # how the bzip2 and LZMA decompressors report bad data
+        raise ArchiveError(f"member {info.filename!r} is damaged ({err}); re-create the zip") from err
 
 
 def safe_extract(zip_path: str | Path, dest: str | Path, limits: ArchiveLimits | None = None) -> list[Path]:
@@ -158,6 +166,8 @@ def safe_extract(zip_path: str | Path, dest: str | Path, limits: ArchiveLimits |
         os.rename(staging, dest)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
         raise ArchiveError(f"archive is damaged or uses an unsupported feature ({err}); re-create the zip") from err
+    except UnicodeDecodeError as err:  # zipfile decodes every member name as it opens the archive
+        raise ArchiveError("a member name is marked as UTF-8 but is not; re-create the zip") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after a successful rename there is nothing left here
     return sorted(dest / relative for _, relative in members)

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import socket
-import subprocess
 import sys
-
-WORKER_STOP_SECONDS = 30
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--concurrency", type=int, default=1, help="jobs at once (default 1: one job per GPU)")
     p.add_argument("--loglevel", default="INFO")
+    p.add_argument(
+        "--parent-pid", type=int, help="die with this process, the worker's parent (how `pole serve` runs its worker)"
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("db", help="database schema")
@@ -131,14 +130,27 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import worker.tasks  # noqa: F401  (registers the task with every Celery app)
-    from app.queue import create_celery
-    from worker.reaper import ReaperStep
+    from worker.embedded_lock import EmbeddedWorkerRunning, hold_embedded_worker_lock
+    from worker.lifeline import die_with_parent
 
+    if args.parent_pid is not None:
+        die_with_parent(args.parent_pid)
     settings = _settings()
     settings.make_dirs()
+    if settings.embedded_broker:  # before the heavy imports below, so a refusal is quick
+        try:
+            hold_embedded_worker_lock(settings.data_dir)
+        except EmbeddedWorkerRunning as err:
+            raise SystemExit(f"error: {err}") from None
+
+    import worker.tasks  # noqa: F401  (registers the task with every Celery app)
+    from app.queue import create_celery
+    from worker.presence import PresenceStep
+    from worker.reaper import ReaperStep
+
     celery = create_celery(settings)
     celery.steps["worker"].add(ReaperStep)
+    celery.steps["worker"].add(PresenceStep)
     # No mingle/gossip/heartbeat: workers coordinate through the database, and the file broker has no fanout.
     celery.worker_main(
         ["worker", "--hostname", args.name, "--concurrency", str(args.concurrency), "--loglevel", args.loglevel,
@@ -152,6 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from app.db import upgrade
     from app.main import create_app
+    from pole.worker_supervisor import WorkerSupervisor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings()
@@ -164,32 +177,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # normal exit, so the worker below is always stopped too.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_quietly)
-    worker = None
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level="info"))
+    supervisor = None
     if not args.no_worker:
-        # Its own session: Ctrl-C reaches only us, and we stop the worker in order below.
-        command = [sys.executable, "-m", "pole.cli", "worker", "--name", f"pole-serve@{socket.gethostname()}"]
-        worker = subprocess.Popen(command, start_new_session=True)
+        name = f"pole-serve@{socket.gethostname()}"
+        supervisor = WorkerSupervisor(settings, name, on_give_up=lambda: setattr(server, "should_exit", True))
+        supervisor.start()
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        server.run()
     finally:
-        if worker is not None:
-            _stop_worker(worker)
+        if supervisor is not None:
+            supervisor.stop()
+    if supervisor is not None and supervisor.failure:
+        raise SystemExit(f"error: {supervisor.failure}")
+    if not server.started:
+        raise SystemExit("error: the API did not start (see above)")
     return 0
 
 
 def _exit_quietly(signum, _frame) -> None:
     raise SystemExit(0)
-
-
-def _stop_worker(worker: subprocess.Popen) -> None:
-    """Cold shutdown: a running job stops now and resumes from its last finished stage at the next start."""
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGQUIT)
-        try:
-            worker.wait(WORKER_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
 
 
 def _safe_url(url: str) -> str:

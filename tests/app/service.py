@@ -265,3 +265,67 @@ def processes_using(data_dir: Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of a live process, None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "(comm)": state, then ppid
+
+
+class ServeProcess:
+    """`pole serve` on these settings in a child process, logging to `log_path`; a test may kill it like a crash."""
+
+    def __init__(self, settings: Settings, log_path: Path, *args: str):
+        self.settings, self.log_path, self.args = settings, log_path, args
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, ready: str = "/readyz", timeout: float = 90) -> ServeProcess:
+        """Start it and wait until `ready` answers 200 (/healthz for an API without workers)."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pole.cli", "serve", "--port", self.url.rsplit(":", 1)[1], *self.args],
+                env=settings_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(self.url + ready, timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"`pole serve` did not get ready:\n{self.log()}")
+            time.sleep(0.2)
+
+    def worker_pids(self) -> list[int]:
+        """The main processes of its embedded workers (its children; their pool processes are theirs)."""
+        return [pid for pid in processes_using(self.settings.data_dir) if parent_of(pid) == self.process.pid]
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """As Ctrl-C would; SIGKILL if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def log(self, chars: int | None = 6000) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return text[-chars:] if chars else text

@@ -84,3 +84,10 @@ def test_dockerfile_matches_the_settings_and_the_pinned_torch(compose, dockerfil
         assert f"COPY {folder} {folder}" in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "data/" in ignored
+
+
+def test_the_api_is_ready_before_any_worker_starts(compose):
+    # The workers wait for the API's health (its migrations), so its readiness must not wait for them.
+    env = compose["services"]["api"]["environment"]
+    assert Settings(**{k.removeprefix("POLE_").lower(): v for k, v in env.items()}).ready_needs_worker is False
+    assert "/readyz" in " ".join(compose["services"]["api"]["healthcheck"]["test"])

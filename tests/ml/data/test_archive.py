@@ -206,3 +206,23 @@ def test_damaged_data_refused(tmp_path):
     data[start + 5 : start + 25] = b"\x00" * 20  # inside the deflated payload
     zip_path.write_bytes(bytes(data))
     assert_refused(tmp_path, zip_path, "damaged")
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_damaged_data_refused_whatever_the_compression(tmp_path, compression):
+    zip_path = make_zip(tmp_path / "a.zip", [("a.txt", bytes(range(256)) * 64)], compression)
+    data = bytearray(zip_path.read_bytes())
+    start = data.find(b"a.txt") + len("a.txt")
+    data[start + 10 : start + 40] = b"\x00" * 30  # inside the compressed payload
+    zip_path.write_bytes(bytes(data))
+    assert_refused(tmp_path, zip_path, "damaged")
+
+
+def test_member_name_marked_utf8_but_not_refused(tmp_path):
+    zip_path = make_zip(tmp_path / "a.zip", [("NAME.txt", b"x")])
+    data = bytearray(zip_path.read_bytes().replace(b"NAME", b"\xff\xfe\xfd\xfc"))
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        data[at + flags_at + 1] |= 0x08  # bit 11 of the little-endian flags: the name is UTF-8
+    zip_path.write_bytes(bytes(data))
+    assert_refused(tmp_path, zip_path, "marked as UTF-8")

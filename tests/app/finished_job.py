@@ -1,0 +1,82 @@
+"""Jobs moved on as a worker would, for tests of the routes that read them without running a pipeline.
+
+The job is created over HTTP like any other. `finish_job` then does what a worker does when a run
+ends: marks the row succeeded and leaves the files the result routes read in its run directory
+(the final masks, the CAMs, the export archive), plus one selection row and one dropped image.
+`start_job` does what a worker does when it picks a job up.
+"""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import select
+
+from app.db import create_db_engine, make_sessionmaker, session_scope
+from app.models import Image as ImageRow
+from app.models import Job, JobState, Selection, utcnow
+from app.settings import Settings
+from app.storage import dataset_dir, run_layout
+from ml.data.palette import save_mask_png
+from ml.spec.config import config_from_dict
+from ml.spec.layout import save_cams
+from ml.spec.registry import final_masks_stage
+
+
+def finish_job(settings: Settings, job_id: str, failed_image: str) -> None:
+    """Mark the job succeeded with results for every image of its dataset but `failed_image`."""
+    engine = create_db_engine(settings.database_url)
+    with session_scope(make_sessionmaker(engine)) as session:
+        job = session.get(Job, job_id)
+        config = config_from_dict(job.config)
+        layout = run_layout(settings, job_id)
+        folder = dataset_dir(settings, job.dataset.path)
+        images = session.scalars(select(ImageRow).where(ImageRow.dataset_id == job.dataset_id)).all()
+        for image in images:
+            if image.image_id != failed_image:
+                _write_results(layout, config, image, folder / image.file, job.dataset.classes)
+        for export_format in config.export.formats:
+            layout.archive(export_format).parent.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(layout.archive(export_format), "w") as archive:
+                archive.writestr("labelmap.txt", "background:0,0,0::\n")
+        first = images[0]
+        session.add(
+            Selection(
+                job_id=job_id,
+                image_id=first.image_id,
+                label=job.dataset.classes.index(first.tags[0]) + 1,
+                class_name=first.tags[0],
+                candidates=[first.tags[0], "thing"],
+                scores=[0.75, 0.25],
+                chosen=first.tags[0],
+            )
+        )
+        job.state, job.progress = JobState.succeeded, 1.0
+        job.started_at = job.finished_at = utcnow()
+        job.failed_images = {failed_image: "not a decodable image"}
+    engine.dispose()
+
+
+def _write_results(layout, config, image: ImageRow, image_file, classes: list[str]) -> None:
+    with Image.open(image_file) as picture:
+        width, height = picture.size
+    labels = [classes.index(tag) + 1 for tag in image.tags]
+    mask = np.zeros((height, width), np.uint8)
+    mask[: height // 2, : width // 2] = labels[0]
+    mask_path = layout.mask(final_masks_stage(config), image.image_id)
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
+    save_mask_png(mask, mask_path)
+    cams = np.random.default_rng(0).random((len(labels), height, width), dtype=np.float32)
+    layout.cams(image.image_id).parent.mkdir(parents=True, exist_ok=True)
+    save_cams(layout.cams(image.image_id), np.array(labels), cams, cams[:, ::4, ::4])
+
+
+def start_job(settings: Settings, job_id: str) -> None:
+    """Mark the job running, as a worker that picked it up would (and none will ever finish it)."""
+    engine = create_db_engine(settings.database_url)
+    with session_scope(make_sessionmaker(engine)) as session:
+        job = session.get(Job, job_id)
+        job.state, job.started_at, job.heartbeat_at = JobState.running, utcnow(), utcnow()
+    engine.dispose()

@@ -1,0 +1,110 @@
+"""The OpenAPI document the live server serves: every status each operation can answer, one error body
+for all of them, and the Bearer key on every /v1 operation. tests/app/test_openapi_fuzz.py holds the
+server to it; here is what it must say."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+import schemathesis
+
+# Reviewed by hand: a status added to a route must be added here, with the route's declaration.
+DECLARED = {
+    ("GET", "/healthz"): {200, 500},
+    ("GET", "/readyz"): {200, 500, 503},
+    ("POST", "/v1/datasets"): {201, 400, 401, 413, 415, 422, 500},
+    ("GET", "/v1/datasets"): {200, 400, 401, 422, 500},
+    ("GET", "/v1/datasets/{dataset_id}"): {200, 400, 401, 404, 422, 500},
+    ("DELETE", "/v1/datasets/{dataset_id}"): {204, 400, 401, 404, 409, 422, 500},
+    ("GET", "/v1/datasets/{dataset_id}/images"): {200, 400, 401, 404, 422, 500},
+    ("POST", "/v1/jobs"): {200, 201, 400, 401, 404, 409, 422, 500, 503},
+    ("GET", "/v1/jobs"): {200, 400, 401, 422, 500},
+    ("GET", "/v1/jobs/{job_id}"): {200, 400, 401, 404, 422, 500},
+    ("POST", "/v1/jobs/{job_id}/cancel"): {200, 400, 401, 404, 409, 422, 500},
+    ("GET", "/v1/jobs/{job_id}/archive"): {200, 400, 401, 404, 409, 410, 422, 500},
+    ("GET", "/v1/jobs/{job_id}/selections"): {200, 400, 401, 404, 422, 500},
+    ("GET", "/v1/jobs/{job_id}/images/{image_id}"): {200, 400, 401, 404, 422, 500},
+    ("GET", "/v1/jobs/{job_id}/images/{image_id}/mask.png"): {200, 400, 401, 404, 409, 422, 500},
+    ("GET", "/v1/jobs/{job_id}/images/{image_id}/overlay.png"): {200, 400, 401, 404, 409, 422, 500},
+    ("GET", "/v1/jobs/{job_id}/images/{image_id}/cams.png"): {200, 400, 401, 404, 409, 422, 500},
+    ("GET", "/v1/jobs/{job_id}/metrics"): {200, 400, 401, 404, 422, 500},
+}
+ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
+
+
+@pytest.fixture
+def document(api):
+    with api.client() as anonymous:
+        return anonymous.get("/openapi.json").json()
+
+
+def _operations(document):
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            yield method.upper(), path, operation
+
+
+def test_every_status_each_operation_can_answer_is_declared(document):
+    declared = {(method, path): {int(s) for s in op["responses"]} for method, path, op in _operations(document)}
+    assert declared == DECLARED
+
+
+def test_every_error_has_the_one_error_body(document):
+    schemas = document["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+    assert schemas["ErrorOut"]["required"] == ["detail"] and schemas["ErrorOut"]["additionalProperties"] is False
+    assert schemas["ErrorOut"]["properties"]["detail"]["type"] == "string"
+    assert schemas["ErrorOut"]["properties"]["problems"]["items"] == {"$ref": "#/components/schemas/ProblemOut"}
+    for method, path, operation in _operations(document):
+        for status, response in operation["responses"].items():
+            if int(status) >= 400 and (method, path, status) != ("GET", "/readyz", "503"):
+                assert response["content"] == {"application/json": {"schema": ERROR_REF}}, (method, path, status)
+                assert response["description"], (method, path, status)
+
+
+def test_every_v1_operation_needs_the_bearer_key_and_health_does_not(document):
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["type"] == "http"
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for _method, path, operation in _operations(document):
+        expected = [{"HTTPBearer": []}] if path.startswith("/v1/") else None
+        assert operation.get("security") == expected, path
+
+
+def test_binary_results_are_declared_with_their_media_types(document):
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    assert document["paths"]["/v1/jobs/{job_id}/archive"]["get"]["responses"]["200"]["content"] == {
+        "application/zip": binary
+    }
+    for kind in ("mask", "overlay", "cams"):
+        response = document["paths"][f"/v1/jobs/{{job_id}}/images/{{image_id}}/{kind}.png"]["get"]["responses"]
+        assert response["200"]["content"] == {"image/png": binary}
+
+
+def test_upload_answers_match_the_document(api, alice, dataset_zip):
+    """The upload's body is not fuzzed, so its answers are checked against the document here."""
+    operation = schemathesis.openapi.from_url(f"{api.url}/openapi.json")["/v1/datasets"]["POST"]
+    with api.client() as anonymous:
+        answers = [anonymous.post("/v1/datasets", files={"file": ("a.zip", b"PK")})]
+    answers += [
+        alice.post("/v1/datasets", data={"other": "x"}),
+        alice.post("/v1/datasets", files={"file": ("a.zip", b"not a zip", "application/zip")}),
+        alice.post("/v1/datasets", files={"dataset": ("a.zip", b"PK", "application/zip")}),
+        alice.post("/v1/datasets", files={"file": ("a.zip", _listing_a_missing_image(dataset_zip), "application/zip")}),
+        alice.post("/v1/datasets", files={"file": ("small.zip", dataset_zip.read_bytes(), "application/zip")}),
+    ]
+    assert [answer.status_code for answer in answers] == [401, 415, 400, 422, 422, 201]
+    assert answers[4].json()["problems"][0]["file"] == "tags.csv"
+    for answer in answers:
+        answer.request.read()  # multipart bodies go out streamed; the validator reads the request too
+        operation.validate_response(answer)
+
+
+def _listing_a_missing_image(dataset_zip) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(dataset_zip) as source, zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            extra = b"missing.png,square\n" if info.filename == "tags.csv" else b""
+            target.writestr(info, source.read(info) + extra)
+    return out.getvalue()
