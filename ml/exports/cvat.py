@@ -1,8 +1,8 @@
 """CVAT's "Segmentation mask 1.1" layout, which CVAT (and the VOC tools) import as they are.
 
-  SegmentationClass/<id>.png           8-bit palette masks (VOC colours; 255 kept as ignore)
-  labelmap.txt                         background and the classes with their colours
-  ImageSets/Segmentation/default.txt   the exported image ids
+SegmentationClass/<id>.png           8-bit palette masks (VOC colours; 255 kept as ignore)
+labelmap.txt                         background and the classes with their colours
+ImageSets/Segmentation/default.txt   the exported image ids
 """
 
 from __future__ import annotations
