@@ -33,3 +33,4 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/random_walk.py
 	$(VENV)/bin/python bench/make_cams.py
+	$(VENV)/bin/python bench/api_load.py --baseline

@@ -9,7 +9,7 @@ from celery import Celery
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import ApiError
 from app.models import ApiKey, Dataset, Job
@@ -17,12 +17,17 @@ from app.security import find_active_key
 from app.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+# Async where nothing blocks: FastAPI runs every sync dependency as a trip to a worker thread of its own.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
+
+
+async def get_sessions(request: Request) -> sessionmaker[Session]:
+    return request.app.state.sessions
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -33,13 +38,17 @@ def get_session(request: Request) -> Iterator[Session]:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 SessionDep = Annotated[Session, Depends(get_session)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from `pole keys create --name NAME`")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def get_current_key(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> ApiKey:
+def get_current_key(session: SessionDep, credentials: Credentials) -> ApiKey:
+    return authenticate(session, credentials)
+
+
+def authenticate(session: Session, credentials: HTTPAuthorizationCredentials | None) -> ApiKey:
     if credentials is None:
         raise ApiError(
             401,
@@ -62,6 +71,10 @@ def get_owned_dataset(dataset_id: str, key: CurrentKey, session: SessionDep) -> 
 
 
 def get_owned_job(job_id: str, key: CurrentKey, session: SessionDep) -> Job:
+    return owned_job(session, key, job_id)
+
+
+def owned_job(session: Session, key: ApiKey, job_id: str) -> Job:
     job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == key.id))
     if job is None:
         raise ApiError(404, f"no job {job_id!r}; GET /v1/jobs lists yours")

@@ -6,6 +6,7 @@ torch-free parts of ml and hands work to the workers by task name.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,8 +29,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # What exists now lives as long as the server. Frozen, it is out of the collector's sight: a full
+        # collection over it stopped every request for 65-110 ms, under load every few seconds
+        # (bench/api_load.py).
+        gc.collect()
+        gc.freeze()
         async with stale_upload_sweeps(settings):
             yield
+        gc.unfreeze()  # the process may go on without this app (tests start many)
         engine.dispose()
 
     app = FastAPI(

@@ -16,9 +16,9 @@ import httpx
 
 START_TIMEOUT_S = 120  # the API answers /readyz (migrations, imports)
 STOP_TIMEOUT_S = 60  # serve stops its worker (up to 30 s) before exiting
-# Settings that say where weights come from; every other POLE_* variable is left out so the child
-# always runs on its own embedded database and queue.
-PASSED_SETTINGS = ("POLE_OFFLINE", "POLE_WEIGHTS_DIR")
+# Settings that say where weights come from and how the worker shares the machine; every other POLE_*
+# variable is left out so the child always runs on its own embedded database and queue.
+PASSED_SETTINGS = ("POLE_OFFLINE", "POLE_WEIGHTS_DIR", "POLE_WORKER_NICE", "POLE_WORKER_THREADS")
 
 
 class ServiceError(RuntimeError):

@@ -9,6 +9,7 @@ import os
 from celery import Task, shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
+import worker.process_setup  # noqa: F401  (connects the job process's setup to Celery's signals)
 from app.db import create_db_engine, make_sessionmaker
 from app.queue import RUN_JOB
 from app.settings import Settings
