@@ -5,9 +5,10 @@ core left to it.
 torch is given. The pool process that runs jobs (forked before it imports torch) therefore starts
 - niced by POLE_WORKER_NICE (default 10): when the API and training both want a core, the kernel
   serves the API first; when the API is idle, training has the CPU;
-- with POLE_WORKER_THREADS torch threads (unset: OMP_NUM_THREADS when that is set, else every usable
-  core but one, at least one). Threads that meet at a barrier after every operation keep waking up
-  and taking cores back, whatever their niceness; one thread fewer leaves the API a core.
+- with POLE_WORKER_THREADS torch threads (unset: OMP_NUM_THREADS when that is set, else torch's own
+  choice, every core, so runs keep the demo's figures and speed). Threads that meet at a barrier after
+  every operation keep waking up and taking cores back, whatever their niceness; on a small machine
+  shared with a busy API, cores - 1 leaves the API a core.
 Measured with bench/api_load.py on 2 AMD EPYC cores, 50 clients polling a training job every 0.5 s
 beside a process busy 65% of one core: p99 154-264 ms with nice 10 alone, 194 ms with nice 19 alone,
 48-73 ms with one torch thread. The price: alone on the machine, one thread trains 25% slower than
@@ -37,12 +38,14 @@ class WorkerProcessSettings(BaseSettings):
     threads: int | None = Field(default=None, ge=1)  # torch intra-op threads of a job
 
 
-def torch_threads(settings: WorkerProcessSettings, environ: Mapping[str, str], usable_cores: int) -> int:
+def torch_threads(settings: WorkerProcessSettings, environ: Mapping[str, str], usable_cores: int) -> int | None:
+    """None: torch's own choice (every core). The default keeps a run's numbers and speed those of the
+    published demo; set POLE_WORKER_THREADS to cores - 1 where the API shares a small, busy machine."""
     if settings.threads is not None:
         return settings.threads
     if environ.get("OMP_NUM_THREADS", "").isdigit() and int(environ["OMP_NUM_THREADS"]) > 0:
         return int(environ["OMP_NUM_THREADS"])
-    return max(1, usable_cores - 1)
+    return None
 
 
 @signals.celeryd_init.connect
@@ -62,6 +65,13 @@ def _share_the_machine(**_kwargs) -> None:
     settings = WorkerProcessSettings()
     cores = len(os.sched_getaffinity(0))
     threads = torch_threads(settings, os.environ, cores)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     niceness = os.nice(settings.nice)
-    log.info("job process %d: niceness %d, %d torch threads of %d usable cores", os.getpid(), niceness, threads, cores)
+    log.info(
+        "job process %d: niceness %d, %s torch threads of %d usable cores",
+        os.getpid(),
+        niceness,
+        threads or "all",
+        cores,
+    )
