@@ -14,15 +14,19 @@ from sqlalchemy.orm import Session
 
 from app.db import decide_serially, serializable
 from app.errors import ApiError
+from app.live_workers import live_workers_held_weights
 from app.models import ApiKey, Dataset, Job, JobState, utcnow
 from app.queue import send_run_job
 from app.schemas import JobCreate, JobOut, StageMetricsOut, StageOut
 from app.settings import Settings
 from ml.spec.config import ConfigError, config_to_dict, resolve_config
+from ml.spec.registry import stages_for
+from ml.spec.weight_tags import WeightNeed, holds, weights_needed
 
 log = logging.getLogger("pole.api")
 
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+NO_LIVE_WORKER = "queued while no worker is alive; the worker that takes it first checks that it has the weights"
 
 
 def create_job(
@@ -75,6 +79,8 @@ def _create_job(
     if not settings.allow_weight_files:
         _refuse_weight_files(resolved["models"])
     _check_server_limits(config, settings)
+    held_weights = live_workers_held_weights(session, settings.queue, settings.stale_after_seconds)
+    _refuse_weights_no_worker_holds(weights_needed(config, stages_for(config)), held_weights)
     job = Job(
         owner_id=owner_id,
         dataset_id=dataset.id,
@@ -85,6 +91,7 @@ def _create_job(
         models=resolved["models"],
         idempotency_key=idempotency_key,
         request_hash=request_hash if idempotency_key else None,
+        message=None if held_weights else NO_LIVE_WORKER,
     )
     session.add(job)
     try:
@@ -156,6 +163,36 @@ def _refuse_weight_files(models: dict) -> None:
             )
 
 
+def _refuse_weights_no_worker_holds(needs: list[WeightNeed], held_weights: list[dict | None]) -> None:
+    """409 when workers are live and none of them holds every weight the job loads.
+
+    Decided only once every live worker has said what it holds: one still scanning may hold them. With
+    no live worker the job waits in the queue, and the worker that takes it checks the weights before
+    the first stage, as it does for file paths (see ml.spec.weight_tags)."""
+    if not held_weights or None in held_weights or any(all(holds(h, n) for n in needs) for h in held_weights):
+        return
+    unheld = [n for n in needs if not any(holds(h, n) for h in held_weights)]
+    lead = "no live worker has the weights of"
+    if not unheld:  # each is held somewhere, but never all on one worker
+        unheld, lead = [n for n in needs if n.needs_advertised_tag], "no single live worker has all the weights of"
+    described = "; ".join(
+        f"{n.weights_setting}={n.weights!r} with {n.model_setting}={n.model!r} "
+        f"(live workers hold: {_held_choices(n, held_weights)})"
+        for n in unheld
+    )
+    raise ApiError(
+        409,
+        f"{lead} {described}; set these to weights a live worker holds, or have the operator put the weight "
+        "files in a worker's POLE_WEIGHTS_DIR (named as ml/weights.py looks them up)",
+    )
+
+
+def _held_choices(need: WeightNeed, held_weights: list[dict]) -> str:
+    """The weights of `need`'s kind the live workers hold, as model/weights, and random, which needs no file."""
+    pairs = sorted({f"{model}/{weights}" for h in held_weights for model, weights in h.get(need.kind, [])})
+    return ", ".join([*pairs, "random (untrained)"])
+
+
 def _job_for_key(session: Session, owner_id: int, key: str | None, request_hash: str) -> Job | None:
     job = session.scalar(select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key))
     if job is not None and job.request_hash != request_hash:
@@ -187,6 +224,7 @@ def job_out(job: Job) -> JobOut:
     derived = {
         "stages": [StageOut.model_validate(stage) for stage in job.stages],
         "metrics": stage_metrics_out(job),
+        "warnings": job.warnings or [],
         "links": {
             "self": base,
             **{name: f"{base}/{name}" for name in ("cancel", "archive", "selections", "metrics")},

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -156,6 +157,7 @@ class Job(Base):
     checkpoints: Mapped[dict[str, Any]] = mapped_column(JsonColumn, default=dict)  # stage -> {file: sha256}
     provenance: Mapped[dict[str, Any]] = mapped_column(JsonColumn, default=dict)  # stage -> seed/weights/checkpoints
     failed_images: Mapped[dict[str, str]] = mapped_column(JsonColumn, default=dict)  # image id -> reason
+    warnings: Mapped[list[Any] | None] = mapped_column(JsonColumn, server_default=text("'[]'"))
 
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -243,6 +245,8 @@ class Worker(Base):
     queue: Mapped[str] = mapped_column(String(255))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The weight tags it can load without a network (ml.spec.weight_tags); None until its first scan ends.
+    held_weights: Mapped[dict[str, Any] | None] = mapped_column(JsonColumn)
 
     # The readiness count: live workers of one queue.
     __table_args__ = (Index("ix_workers_queue_heartbeat", "queue", "heartbeat_at"),)

@@ -16,6 +16,7 @@ from celery import Celery
 from app.settings import Settings
 
 RUN_JOB = "pole.run_job"
+BUILD_ARCHIVE = "pole.build_archive"
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -40,9 +41,19 @@ def create_celery(settings: Settings) -> Celery:
 
 def send_run_job(celery: Celery, job_id: str, lease: str | None = None) -> None:
     """Enqueue a run of `job_id`; raises kombu's OperationalError when the broker cannot be reached."""
+    _send(celery, RUN_JOB, {"job_id": job_id, "lease": lease})
+
+
+def send_build_archive(celery: Celery, job_id: str, export_format: str) -> None:
+    """Enqueue the build of a succeeded job's archive in a format it did not export; raises kombu's
+    OperationalError when the broker cannot be reached."""
+    _send(celery, BUILD_ARCHIVE, {"job_id": job_id, "export_format": export_format})
+
+
+def _send(celery: Celery, task: str, kwargs: dict) -> None:
     celery.send_task(
-        RUN_JOB,
-        kwargs={"job_id": job_id, "lease": lease},
+        task,
+        kwargs=kwargs,
         queue=celery.conf.task_default_queue,
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},

@@ -82,6 +82,13 @@ class StageMetricsOut(BaseModel):
     per_class_iou: dict[str, Any]
 
 
+class RunWarningOut(BaseModel):
+    stage: str = Field(description='the stage that found it, or "preflight" for the checks before the first stage')
+    check: str = Field(description="which check (see the README's warnings table)")
+    message: str
+    classes: list[str] = Field(default_factory=list, description="the classes it concerns, if any")
+
+
 class JobOut(BaseModel):
     id: str
     dataset_id: str
@@ -99,6 +106,10 @@ class JobOut(BaseModel):
     models: dict[str, Any]
     checkpoints: dict[str, Any]
     failed_images: dict[str, str]
+    warnings: list[RunWarningOut] = Field(
+        description="what looks wrong although the run goes on: untrained weights, empty maps, words chosen by "
+        "chance, masks below the all-background floor"
+    )
     metrics: dict[str, StageMetricsOut] = Field(description="per evaluation stage, when the dataset has ground truth")
     created_at: datetime
     started_at: datetime | None
@@ -135,6 +146,12 @@ class MetricsOut(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class ArchivePendingOut(BaseModel):
+    """An archive a worker is building: ask again after the Retry-After header's seconds."""
+
+    detail: str
 
 
 class ProblemOut(BaseModel):

@@ -63,6 +63,13 @@ def scores(confusion: np.ndarray, class_names: Sequence[str]) -> dict:
     }
 
 
+def all_background_miou(confusion: np.ndarray, class_names: Sequence[str]) -> float | None:
+    """mIoU of calling every pixel background, on the ground truth `confusion` was counted on: the floor."""
+    everything_background = np.zeros_like(confusion)
+    everything_background[:, 0] = confusion.sum(axis=1)
+    return scores(everything_background, class_names)["miou"]
+
+
 def cam_foreground(cams: np.ndarray, keys: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(best class score, its label) per pixel of (n_keys, H, W) CAMs; score 0 and label 0 with no keys."""
     if len(keys) == 0:
@@ -127,7 +134,11 @@ class SplitConfusion:
     def report(self, class_names: Sequence[str]) -> dict:
         """Scores over every image; with several splits also `splits`: {name: scores}."""
         total = sum(self.by_split.values(), np.zeros((self.num_labels, self.num_labels + 1), np.int64))
-        report = {**scores(total, class_names), "images": sum(self.images.values())}
+        report = {
+            **scores(total, class_names),
+            "images": sum(self.images.values()),
+            "background_only_miou": all_background_miou(total, class_names),
+        }
         if len(self.by_split) > 1:
             report["splits"] = {
                 split: {**scores(confusion, class_names), "images": self.images[split]}

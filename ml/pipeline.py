@@ -16,7 +16,8 @@ from ml.data import Dataset
 from ml.runtime import CancelFn, ProgressFn, StageContext, write_json
 from ml.spec.config import PipelineConfig, config_to_dict
 from ml.spec.layout import RunLayout
-from ml.spec.registry import EVALUATION_STAGES, STAGE_BY_NAME, load, stages_for
+from ml.spec.registry import EVALUATION_STAGES, STAGE_BY_NAME, STAGES, load, stages_for
+from ml.spec.weight_tags import BACKBONE, CLIP, weights_needed
 
 log = logging.getLogger("pole")
 
@@ -42,6 +43,12 @@ def run_pipeline(
     check_weights(config, [n for n in stages_for(config) if not layout.stage_done(n)])
     out.mkdir(parents=True, exist_ok=True)
     _check_same_config(layout, config)
+    if layout.read_preflight() is None:
+        from ml.preflight import run_preflight
+
+        found = run_preflight(dataset, config)
+        write_json(layout.preflight, {"warnings": found})
+        _log_warnings("preflight", found)
     ctx = StageContext(
         dataset=dataset,
         out=out,
@@ -66,6 +73,7 @@ def run_pipeline(
             load(f"{STAGE_BY_NAME[name].module}:run")(ctx)
             timings[name] = round(time.monotonic() - started, 2)
             log.info("stage %s: finished in %.1fs", name, timings[name])
+            _log_warnings(name, layout.read_stage_warnings(name))
             ctx.progress(1.0, "done", force=True)
             if on_stage:
                 on_stage(name, "end")
@@ -81,13 +89,9 @@ def check_weights(config: PipelineConfig, pending: list[str]) -> None:
     """
     from ml.weights import resolve_backbone, resolve_clip
 
-    models = config.models
-    if "train_cam" in pending:
-        resolve_backbone(models.cam_backbone, models.cam_weights)
-    if {"select_prompts", "train_pole"} & set(pending):
-        resolve_clip(models.clip_model, models.clip_pretrained)
-    if "train_irn" in pending and models.irn_weights != "cam":
-        resolve_backbone(models.irn_backbone, models.irn_weights)
+    resolvers = {BACKBONE: resolve_backbone, CLIP: resolve_clip}
+    for need in weights_needed(config, pending):
+        resolvers[need.kind](need.model, need.weights)
 
 
 def summarize(layout: RunLayout, timings: dict | None = None) -> dict:
@@ -103,7 +107,13 @@ def summarize(layout: RunLayout, timings: dict | None = None) -> dict:
     summary["failed_images"] = layout.read_failed_images()
     summary["selections"] = layout.read_selections()
     summary["provenance"] = layout.provenance()
+    summary["warnings"] = layout.read_warnings([stage.name for stage in STAGES])
     return summary
+
+
+def _log_warnings(stage: str, found: list[dict]) -> None:
+    for item in found:
+        log.warning("%s: %s", stage, item["message"])
 
 
 def _check_same_config(layout: RunLayout, config: PipelineConfig) -> None:

@@ -4,7 +4,6 @@
 - `radar_figure`: one radar per class, an axis per candidate word, the radius its share;
 - `contact_sheet`: rows of image | ground truth | pseudo mask (overlays from ml.data.overlays);
 - `miou_table` / `word_share_table`: the same numbers as plain text for a terminal;
-- `background_only_miou`: the score of calling every pixel background, the floor a mask must beat.
 
 matplotlib is used through its object API (Figure + Agg canvas), never pyplot, so nothing here
 touches a global figure state or needs a display.
@@ -23,14 +22,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from ml.data.overlays import mask_overlay
-from ml.data.palette import VOC_PALETTE
-from ml.metrics import confusion_matrix, scores
+from ml.data.overlays import draw_legend, legend_height, mask_overlay
 
 SHEET_COLUMNS = ("image", "ground truth", "pseudo mask")
 HEADER_HEIGHT = 16  # column titles above the first row
 CAPTION_HEIGHT = 14  # image id above each row
-LEGEND_HEIGHT = 16  # per line of class colours under the last row
 GAP = 4  # white space between panels
 
 
@@ -104,16 +100,14 @@ def contact_sheet(rows: Sequence[SheetRow], classes: Sequence[str]) -> Image.Ima
 
     Panels sit at (column * (width + GAP), HEADER_HEIGHT + row * (CAPTION_HEIGHT + height + GAP)
     + CAPTION_HEIGHT) with (width, height) = sheet_cell(rows); a legend of the class colours ends it,
-    on as many lines of LEGEND_HEIGHT as the sheet's width needs.
+    on as many lines of ml.data.overlays.LEGEND_HEIGHT as the sheet's width needs.
     """
     if not rows:
         raise ValueError("a contact sheet needs at least one image")
     width, height = sheet_cell(rows)
     row_height = CAPTION_HEIGHT + height + GAP
     sheet_width = max(len(SHEET_COLUMNS) * (width + GAP) - GAP, 240)
-    legend = _legend_places(classes, sheet_width)
-    legend_lines = legend[-1][1] + 1 if legend else 0
-    sheet_height = HEADER_HEIGHT + len(rows) * row_height + legend_lines * LEGEND_HEIGHT
+    sheet_height = HEADER_HEIGHT + len(rows) * row_height + legend_height(classes, sheet_width)
     sheet = Image.new("RGB", (sheet_width, sheet_height), "white")
     draw = ImageDraw.Draw(sheet)
     for column, title in enumerate(SHEET_COLUMNS):
@@ -130,27 +124,8 @@ def contact_sheet(rows: Sequence[SheetRow], classes: Sequence[str]) -> Image.Ima
                 draw.text((left + 2, top + CAPTION_HEIGHT + 2), "no GT", fill="grey")
             else:
                 sheet.paste(panel, (left, top + CAPTION_HEIGHT))
-    _legend(draw, classes, legend, HEADER_HEIGHT + len(rows) * row_height)
+    draw_legend(sheet, classes, HEADER_HEIGHT + len(rows) * row_height)
     return sheet
-
-
-def _legend_places(classes: Sequence[str], width: int) -> list[tuple[int, int]]:
-    """(left, line) of each class's swatch, wrapping onto new lines of LEGEND_HEIGHT at `width`."""
-    places, left, line = [], 2, 0
-    for name in classes:
-        entry = 12 + 6 * len(name) + 10  # swatch, name at Pillow's default font width, spacing
-        if left > 2 and left + entry > width:
-            left, line = 2, line + 1
-        places.append((left, line))
-        left += entry
-    return places
-
-
-def _legend(draw: ImageDraw.ImageDraw, classes: Sequence[str], places: list[tuple[int, int]], top: int) -> None:
-    for label, (name, (left, line)) in enumerate(zip(classes, places, strict=True), start=1):
-        y = top + line * LEGEND_HEIGHT
-        draw.rectangle((left, y + 2, left + 9, y + 11), fill=tuple(int(v) for v in VOC_PALETTE[label]))
-        draw.text((left + 12, y + 1), name, fill="black")
 
 
 def miou_table(stages: Mapping[str, Mapping], classes: Sequence[str]) -> str:
@@ -174,12 +149,3 @@ def word_share_table(shares: Mapping[str, Mapping[str, float]]) -> str:
         f"{name:<{width}}  " + "  ".join(f"{word} {100 * share:.0f}%" for word, share in words.items())
         for name, words in shares.items()
     )
-
-
-def background_only_miou(truths: Iterable[np.ndarray], classes: Sequence[str]) -> float | None:
-    """mIoU of predicting background everywhere, over the same ground-truth masks (split-wide matrix)."""
-    num_labels = len(classes) + 1
-    total = np.zeros((num_labels, num_labels + 1), np.int64)
-    for truth in truths:
-        total += confusion_matrix(truth, np.zeros_like(truth), num_labels)
-    return scores(total, classes)["miou"]

@@ -9,6 +9,9 @@
 Otherwise they raise WeightsError naming the config key to change and the valid choices. Nothing
 here waits on a network: with POLE_OFFLINE=1 no connection is tried, and without it a 3-second
 reachability probe runs before any download.
+
+`held_weight_tags()` lists the named tags of 2. and 4. that this machine has the files of: what a
+worker advertises so the API accepts only jobs some worker can load (ml.spec.weight_tags).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+from ml.spec.weight_tags import BACKBONE, CLIP, looks_like_path
 
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED_CLIP = {("pole-tiny", "pole-world"): ASSETS / "pole-tiny-world.pt"}
@@ -63,7 +68,7 @@ def resolve_clip(model: str, pretrained: str) -> ResolvedWeights:
         if not path.is_file():
             raise WeightsError(f"the shipped CLIP checkpoint {path} is missing from this install; reinstall pole")
         return _resolved(model, pretrained, path)
-    if _looks_like_path(pretrained):
+    if looks_like_path(pretrained):
         return _resolved(model, pretrained, _existing_file(pretrained, "models.clip_pretrained"))
     cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not cfg:
@@ -93,17 +98,15 @@ def resolve_backbone(name: str, weights: str) -> ResolvedWeights:
         raise WeightsError(f"backbone {name!r} is not a torchvision model; try resnet18/34/50/101")
     if weights == "random":
         return ResolvedWeights(name, "random", None, None)
-    if _looks_like_path(weights):
+    if looks_like_path(weights):
         return _resolved(name, weights, _existing_file(weights, "models.cam_weights / models.irn_weights"))
     if weights != "imagenet":
         raise WeightsError(f"backbone weights {weights!r} for {name}: use 'imagenet', a local .pth file, or 'random'")
     url = get_model_weights(name).IMAGENET1K_V1.url
     filename = os.path.basename(url)
-    import torch
-
-    for folder in (weights_dir(), Path(torch.hub.get_dir()) / "checkpoints"):
-        if (folder / filename).is_file():
-            return _resolved(name, weights, folder / filename)
+    cached = _cached_backbone_file(filename)
+    if cached:
+        return _resolved(name, weights, cached)
     hint = (
         f"set models.cam_weights / models.irn_weights to a local .pth file, or put {filename} "
         f"in {weights_dir()} (POLE_WEIGHTS_DIR)"
@@ -111,8 +114,35 @@ def resolve_backbone(name: str, weights: str) -> ResolvedWeights:
     _require_network(f"ImageNet weights for {name}", urlparse(url).hostname, hint)
     target = weights_dir() / filename
     target.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
     torch.hub.download_url_to_file(url, str(target), progress=True)
     return _resolved(name, weights, target)
+
+
+def held_weight_tags() -> dict[str, list[list[str]]]:
+    """The named weights the resolvers above would find on this machine without a network, as
+    `{"clip": [[model, tag], ...], "backbone": [[architecture, "imagenet"], ...]}`, sorted.
+
+    Only whether each file exists is checked: nothing is read or hashed, so a scan takes milliseconds
+    (the imports take seconds)."""
+    import open_clip
+    import torchvision.models
+    from torchvision.models import get_model_weights, list_models
+
+    register_shipped_clip_configs()
+    clip = [[model, tag] for (model, tag), path in SHIPPED_CLIP.items() if path.is_file()]
+    clip += [
+        [model, tag]
+        for model, tag in open_clip.list_pretrained()
+        if _cached_clip_file(model, tag, open_clip.get_pretrained_cfg(model, tag))
+    ]
+    backbone = []
+    for name in list_models(module=torchvision.models):  # the classifiers: the only ones with ImageNet weights
+        imagenet = getattr(get_model_weights(name), "IMAGENET1K_V1", None)
+        if imagenet is not None and _cached_backbone_file(os.path.basename(imagenet.url)):
+            backbone.append([name, "imagenet"])
+    return {CLIP: sorted(clip), BACKBONE: sorted(backbone)}
 
 
 def register_shipped_clip_configs() -> None:
@@ -123,10 +153,6 @@ def register_shipped_clip_configs() -> None:
     configs = [p for p in ASSETS.glob("*.json") if "embed_dim" in json.loads(p.read_text())]
     if not all(p.stem in open_clip.list_models() for p in configs):
         open_clip.add_model_config(ASSETS)
-
-
-def _looks_like_path(value: str) -> bool:
-    return "/" in value or "\\" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
 def _existing_file(value: str, setting: str) -> Path:
@@ -140,6 +166,15 @@ def _resolved(name: str, source: str, path: Path) -> ResolvedWeights:
     from ml.runtime import sha256_file
 
     return ResolvedWeights(name, source, path, sha256_file(path))
+
+
+def _cached_backbone_file(filename: str) -> Path | None:
+    import torch
+
+    for folder in (weights_dir(), Path(torch.hub.get_dir()) / "checkpoints"):
+        if (folder / filename).is_file():
+            return folder / filename
+    return None
 
 
 def _cached_clip_file(model: str, tag: str, cfg: dict) -> Path | None:

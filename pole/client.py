@@ -73,9 +73,11 @@ class PoleClient:
         """A dataset's images with their tags and split, in upload order."""
         return self._pages(f"/v1/datasets/{dataset_id}/images", "images", page_size)
 
-    def delete_dataset(self, dataset_id: str) -> None:
-        """Delete a dataset with its finished jobs; refused (409) while one of its jobs is active."""
-        _check(self.http.delete(f"/v1/datasets/{dataset_id}"), "delete dataset")
+    def delete_dataset(self, dataset_id: str, cascade: bool = False) -> None:
+        """Delete a dataset. Refused (409) while it has jobs, unless `cascade`: then its finished jobs
+        and their results go with it. A job still queued or running refuses it either way."""
+        params = {"cascade": "true"} if cascade else {}
+        _check(self.http.delete(f"/v1/datasets/{dataset_id}", params=params), "delete dataset")
 
     # --- jobs ------------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from ml.data.archive import zip_folder
 from pole import demo_report
 from pole.client import PoleApiError, PoleClient
+from pole.report import RunReport, print_report
 from pole.service_process import EmbeddedService, ServiceError, free_port, sigterm_as_interrupt
 
 DEFAULT_IMAGES = 800
@@ -71,14 +72,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     minutes = (time.monotonic() - started) / 60
-    print(f"\ndemo finished in {minutes:.1f} min; everything is in {out}:")
+    print(f"\ndemo finished in {minutes:.1f} min; everything is in {out}, including:")
     for name, path in files.items():
         print(f"  {name:<9} {path}")
     return 0
 
 
 def run_job(client: PoleClient, out: Path, args: argparse.Namespace, overrides: dict) -> dict[str, Path]:
-    """World -> upload -> job -> archive, metrics, selections and figures; returns the files written."""
+    """World -> upload -> job -> archive, metrics, selections, report and figures; returns the files
+    written besides the archive and the figures, which the report lists."""
     from ml.world.writer import make_world
 
     world = out / "world"
@@ -91,20 +93,29 @@ def run_job(client: PoleClient, out: Path, args: argparse.Namespace, overrides: 
     config = {**overrides, "seed": overrides.get("seed", args.seed)}
     job = client.create_job(dataset["id"], preset=args.preset, config=config)
     print(f"job {job['id']} queued (preset {job['preset']}; models {json.dumps(job['models'])})")
-    job = demo_report.progress_bar(client.follow_job(job["id"]))
+    job = demo_report.follow_with_bar(client.follow_job(job["id"]))
     if job["state"] != "succeeded":
         raise DemoError(f"job {job['id']} {job['state']}: {job['error'] or job['message']} (see {out / 'service.log'})")
 
     archive = client.download_archive(job["id"], out / f"pole_masks_{job['id']}.zip")
-    stages = demo_report.stage_mious(client.get_metrics(job["id"]))
+    scores = demo_report.job_scores(client.get_metrics(job["id"]), archive)
+    if not scores:
+        raise DemoError("the job reported no mIoU; does the dataset have ground-truth masks?")
     selections = list(client.list_selections(job["id"]))
     images = list(client.list_images(dataset["id"]))
-    files = {"archive": archive, **demo_report.write_figures(out, world, archive, images, selections, classes)}
-    if not stages:
-        raise DemoError("the job reported no mIoU; does the dataset have ground-truth masks?")
-    floor = demo_report.background_floor(world, images, classes)
-    summary = demo_report.print_report(stages, archive, selections, classes, floor=floor)
-    files["summary"] = out / "summary.json"
+    report = RunReport(
+        classes=classes,
+        scores=scores,
+        background_only_miou=demo_report.archived_floor(archive),
+        selections=selections,
+        archives=[archive],
+        stage_seconds=demo_report.stage_seconds(job),
+        failed_images=job["failed_images"],
+        warnings=job.get("warnings", []),
+        figures=demo_report.draw_job_figures(out, world, archive, images, selections, classes, job),
+    )
+    summary = print_report(report)
+    files = {"masks": out / "masks", "summary": out / "summary.json"}
     files["summary"].write_text(json.dumps({"job": job["id"], **summary}, indent=2) + "\n")
     return files
 

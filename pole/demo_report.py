@@ -1,105 +1,98 @@
-"""What the demo shows of a job: its progress bar, the mIoU and chosen-word tables, and the figures."""
+"""The demo's side of the report (pole/report.py): a job's progress bar, and its report and figures
+filled from the REST API's answers and the downloaded archive."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 import zipfile
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 
-SHEET_IMAGES = 8
+from pole.report import EVALUATIONS, ShownImage, shown_ids, write_figures
+
 BAR_STEPS = 1000
+DESCRIPTION_WIDTH = 34
 
 
-def progress_bar(jobs: Iterable[dict]) -> dict:
+def follow_with_bar(jobs: Iterable[dict]) -> dict:
     """A bar driven by each job state's overall progress, its stage and the stage's own fraction; returns the last."""
-    from tqdm import tqdm
+    from pole.progress import progress_bar
 
     job: dict = {}
-    with tqdm(total=BAR_STEPS, file=sys.stderr, bar_format="{desc:<34}{bar}| {elapsed}<{remaining}") as bar:
+    with progress_bar(BAR_STEPS, DESCRIPTION_WIDTH) as bar:
         for job in jobs:
             stage = f"{job['stage']} {job['stage_progress']:4.0%}" if job["stage"] else job["state"]
-            bar.set_description(stage, refresh=False)
+            bar.set_description_str(stage, refresh=False)
             bar.n = round(BAR_STEPS * job["progress"])
             bar.refresh()
     return job
 
 
-def stage_mious(metrics: dict) -> dict:
-    """The CAM and mask mIoU with their per-class IoU, for whichever of the two the job evaluated."""
+def job_scores(metrics: dict, archive: Path) -> dict[str, dict]:
+    """The CAM and mask mIoU with their per-class IoU from GET /v1/jobs/{id}/metrics, for whichever
+    of the two the job evaluated, with the per-split scores of the archive's metrics.json (the API
+    reports no splits)."""
+    from ml.spec.layout import METRICS
+
+    with zipfile.ZipFile(archive) as zf:
+        archived = json.loads(zf.read(METRICS))  # the masks' scores, with the CAMs' under "cams"
+    splits = {"eval_cams": archived.get("cams", {}).get("splits", {}), "eval_masks": archived.get("splits", {})}
     return {
-        label: {"miou": metrics["stages"][stage]["miou"], "iou": metrics["stages"][stage]["per_class_iou"]}
-        for stage, label in (("eval_cams", "CAM"), ("eval_masks", "mask"))
+        label: {
+            "miou": metrics["stages"][stage]["miou"],
+            "iou": metrics["stages"][stage]["per_class_iou"],
+            "splits": splits[stage],
+        }
+        for stage, label in EVALUATIONS
         if stage in metrics["stages"]
     }
 
 
-def background_floor(world: Path, images: list[dict], classes: list[str]) -> float | None:
-    """mIoU of calling every pixel background, on the world's ground truth: what the masks must beat."""
-    from ml.data.images import read_mask
-    from ml.reports import background_only_miou
-
-    truths = (read_mask(world / "masks" / f"{im['id']}.png") for im in images if im["has_mask"])
-    return background_only_miou(truths, classes)
-
-
-def print_report(
-    stages: dict, archive: Path, selections: list[dict], classes: list[str], floor: float | None = None
-) -> dict:
-    """CAM and mask mIoU (all images, then per split) and the word shares per class; returns them."""
-    from ml.reports import miou_table, word_share_table, word_shares
+def archived_floor(archive: Path) -> float | None:
+    """The all-background mIoU on the job's ground truth, from the archive's metrics.json."""
     from ml.spec.layout import METRICS
 
-    print("\nIoU over all images (CAM: fixed background threshold; mask: after the random walk)")
-    print(miou_table(stages, classes))
-    if floor is not None:
-        print(f"(for reference, calling every pixel background scores {_percent(floor)} mIoU)")
     with zipfile.ZipFile(archive) as zf:
-        archived = json.loads(zf.read(METRICS))
-    splits = {}
-    for name, scores in archived.get("splits", {}).items():
-        cams = archived.get("cams", {}).get("splits", {}).get(name, {})
-        splits[name] = {"cam_miou": cams.get("miou"), "mask_miou": scores["miou"], "images": scores["images"]}
-        print(
-            f"split {name} ({scores['images']} images): CAM mIoU {_percent(cams.get('miou'))}, "
-            f"mask mIoU {_percent(scores['miou'])}"
-        )
-    shares = word_shares(selections, classes)
-    if shares:
-        print("\nwords chosen for each class (share of the images tagged with it)")
-        print(word_share_table(shares))
-    return {"miou": stages, "background_only_miou": floor, "splits": splits, "word_shares": shares}
+        return json.loads(zf.read(METRICS)).get("background_only_miou")
 
 
-def write_figures(
-    out: Path, world: Path, archive: Path, images: list[dict], selections: list[dict], classes: list[str]
-) -> dict:
-    """The contact sheet (held-out images first) and the radar of chosen words; returns their paths."""
+def stage_seconds(job: dict) -> dict[str, float]:
+    """Seconds per finished stage, from the job's stage start and finish times."""
+    return {
+        stage["name"]: (
+            datetime.fromisoformat(stage["finished_at"]) - datetime.fromisoformat(stage["started_at"])
+        ).total_seconds()
+        for stage in job["stages"]
+        if stage["started_at"] and stage["finished_at"]
+    }
+
+
+def draw_job_figures(
+    out: Path, world: Path, archive: Path, images: list[dict], selections: list[dict], classes: list[str], job: dict
+) -> list[Path]:
+    """Unpack the archive into out/masks, then draw the contact sheet (held-out images first) and the
+    radar of chosen words into `out`; returns the figures written."""
     from ml.data.images import read_image, read_mask
-    from ml.data.overlays import png_bytes
-    from ml.reports import SheetRow, contact_sheet, figure_png, radar_figure, word_shares
 
-    shown = sorted(images, key=lambda im: (im["split"] != "val", im["id"]))[:SHEET_IMAGES]
     masks = out / "masks"
     shutil.rmtree(masks, ignore_errors=True)
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(masks)  # our own service's archive, written by the export stage
-    rows = []
-    for image in shown:
-        mask = read_mask(masks / "SegmentationClass" / f"{image['id']}.png")
-        truth = read_mask(world / "masks" / f"{image['id']}.png") if image["has_mask"] else None
-        picture = read_image(world / image["file"])
-        rows.append(SheetRow(f"{image['id']} ({image['split']})", picture, truth, mask))
-    files = {"masks": masks, "overlays": out / "overlays.png"}
-    files["overlays"].write_bytes(png_bytes(contact_sheet(rows, classes)))
-    shares = word_shares(selections, classes)
-    if shares:
-        files["radar"] = out / "chosen_words_radar.png"
-        files["radar"].write_bytes(figure_png(radar_figure(shares, title="share of images choosing each word")))
-    return files
-
-
-def _percent(value: float | None) -> str:
-    return f"{100 * value:.1f}%" if value is not None else "-"
+    by_id = {image["id"]: image for image in images}
+    shown = []
+    kept = {im["id"]: im["split"] for im in images if im["id"] not in job["failed_images"]}
+    for image_id in shown_ids(kept, job["config"]["train_split"]):
+        image = by_id[image_id]
+        shown.append(
+            ShownImage(
+                id=image_id,
+                split=image["split"],
+                image=read_image(world / image["file"]),
+                ground_truth=read_mask(world / "masks" / f"{image_id}.png") if image["has_mask"] else None,
+                mask=read_mask(masks / "SegmentationClass" / f"{image_id}.png"),
+                cams=None,
+            )
+        )
+    return write_figures(out, shown, classes, selections)

@@ -64,6 +64,16 @@ def make_tiny_dataset(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def all_background_miou(truths, classes) -> float | None:
+    """The reference floor: the mIoU of an explicit all-background prediction on these ground truths."""
+    from ml.metrics import SplitConfusion
+
+    confusion = SplitConfusion(len(classes) + 1)
+    for truth in truths:
+        confusion.add("all", truth, np.zeros_like(truth))
+    return confusion.report(classes)["miou"]
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     """Path to a fresh 12-image, 3-class manifest dataset with masks (see make_tiny_dataset)."""

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.models import JobStage, JobState, Selection, StageMetrics, utcnow
 from ml.spec.layout import RunLayout
-from ml.spec.registry import EVALUATION_STAGES
+from ml.spec.registry import EVALUATION_STAGES, STAGES
 from worker.lease import Lease
 
 log = logging.getLogger("pole.worker")
@@ -31,7 +31,12 @@ class StageRecorder:
         self.stage = stage
         now = utcnow()
         # Lease-guarded first: an attempt that lost the job stops here, before touching the stage rows.
-        self.lease.write(stage=stage, heartbeat_at=now, **({"stage_progress": 0.0} if event == "start" else {}))
+        self.lease.write(
+            stage=stage,
+            heartbeat_at=now,
+            warnings=run_warnings(self.layout),
+            **({"stage_progress": 0.0} if event == "start" else {}),
+        )
         job_id = self.lease.job_id
         with self.lease.sessions() as session, session.begin():
             row = session.scalar(select(JobStage).where(JobStage.job_id == job_id, JobStage.name == stage))
@@ -66,6 +71,7 @@ def record_success(lease: Lease, summary: dict, unreadable: dict[str, str]) -> b
             provenance=provenance,
             checkpoints={s: p["checkpoints"] for s, p in provenance.items() if p.get("checkpoints")},
             failed_images={**unreadable, **summary.get("failed_images", {})},
+            warnings=summary.get("warnings", []),
         )
         if not ended:
             log.warning("job %s: finished, but lease %s was lost; results left to the owner", job_id, lease.token)
@@ -85,7 +91,18 @@ def record_success(lease: Lease, summary: dict, unreadable: dict[str, str]) -> b
 def record_failure(lease: Lease, layout: RunLayout, reason: str) -> None:
     """End the job as failed with `reason`, listing the images the run had dropped before it stopped."""
     with lease.sessions() as session, session.begin():
-        lease.end(session, JobState.failed, error=reason[:4000], failed_images=layout.read_failed_images())
+        lease.end(
+            session,
+            JobState.failed,
+            error=reason[:4000],
+            failed_images=layout.read_failed_images(),
+            warnings=run_warnings(layout),
+        )
+
+
+def run_warnings(layout: RunLayout) -> list[dict]:
+    """Everything the run has warned about so far (the preflight checks' and each finished stage's)."""
+    return layout.read_warnings([stage.name for stage in STAGES])
 
 
 def replace_metrics(session: Session, job_id: str, stage: str, metrics: dict) -> None:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from app.dataset_service import delete_unused_dataset
-from app.db import decide_serially
+from app.dataset_service import remove_dataset
 from app.deps import CurrentKey, OwnedDataset, PageParams, SessionDep, SettingsDep
 from app.ingest import store_dataset
 from app.models import Dataset, Image
 from app.openapi import error_responses
 from app.pagination import paginate
 from app.schemas import DatasetOut, ImageOut, Page
-from app.storage import dataset_dir, job_dir, new_upload_path, receive_file, remove_path
+from app.storage import new_upload_path, receive_file, remove_path
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -72,10 +73,14 @@ def list_images(dataset: OwnedDataset, session: SessionDep, page: PageParams) ->
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=error_responses(409))
-def delete_dataset(dataset: OwnedDataset, session: SessionDep, settings: SettingsDep) -> Response:
-    """Delete the dataset with its finished jobs and their results; refused while a job uses it."""
-    dataset_id, path = dataset.id, dataset.path
-    job_ids = decide_serially(session, lambda _attempt: delete_unused_dataset(session, dataset_id))
-    for folder in [dataset_dir(settings, path), *(job_dir(settings, j) for j in job_ids)]:
-        remove_path(folder)
+def delete_dataset(
+    dataset: OwnedDataset,
+    session: SessionDep,
+    settings: SettingsDep,
+    cascade: Annotated[bool, Query(description="also delete the dataset's finished jobs and their results")] = False,
+) -> Response:
+    """Delete the dataset and its images. Refused (409) while it has jobs, saying how many: with
+    `?cascade=true` its finished jobs go too, with their results (archives, masks, run folders).
+    A job still queued or running refuses it either way; cancel it first."""
+    remove_dataset(session, settings, dataset, cascade=cascade)
     return Response(status_code=204)

@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import FileResponse
-from sqlalchemy import select
+from fastapi.responses import FileResponse, JSONResponse
 
-from app.deps import OwnedJob, PageParams, SessionDep, SettingsDep
+from app.archives import RETRY_AFTER_SECONDS, job_archive
+from app.deps import CeleryDep, OwnedJob, PageParams, SessionDep, SettingsDep
 from app.errors import ApiError
 from app.job_service import stage_metrics_out
-from app.models import Image, Job, JobState, Selection
+from app.models import Job, JobState
 from app.openapi import error_responses
-from app.pagination import paginate
-from app.schemas import JobImageOut, MetricsOut, Page, SelectionOut
+from app.result_service import job_image, job_image_out, job_images_page, selections_page
+from app.schemas import ArchivePendingOut, JobImageOut, MetricsOut, Page, SelectionOut
 from app.storage import dataset_dir, run_layout
 from ml.spec.config import config_from_dict
-from ml.spec.registry import EXPORT_FORMATS, final_masks_stage
+from ml.spec.registry import final_masks_stage
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"])
 
@@ -34,87 +34,64 @@ def _require_succeeded(job: Job, what: str) -> None:
 @router.get(
     "/archive",
     response_class=FileResponse,
-    responses={200: {"content": {"application/zip": BINARY}}, **error_responses(409, 410)},
+    responses={
+        200: {"content": {"application/zip": BINARY}},
+        202: {"model": ArchivePendingOut, "description": "a format the job did not export, being built"},
+        **error_responses(409, 410, 503),
+    },
 )
 def get_archive(
     job: OwnedJob,
     settings: SettingsDep,
+    celery: CeleryDep,
     export_format: Annotated[
         str | None,
-        Query(alias="format", max_length=40, description="one of the job's export.formats (default: the first)"),
+        Query(
+            alias="format",
+            max_length=40,
+            description="an export format pole knows (default: the job's first export.formats); "
+            "one the job did not export is built on the first request for it",
+        ),
     ] = None,
-) -> FileResponse:
+) -> Response:
     """The final masks in an export format's layout (CVAT "Segmentation mask 1.1" by default) with
-    selections.csv, failed_images.csv, metrics.json and config.json, as a .zip."""
+    selections.csv, failed_images.csv, metrics.json and config.json, as a .zip. A format the job did
+    not export is built from the finished run by a worker: 202 with Retry-After until it is ready,
+    then the zip, kept for every later request."""
     _require_succeeded(job, "archive")
-    formats = config_from_dict(job.config).export.formats
-    name = export_format or formats[0]
-    if name not in formats:
-        known = "" if name in EXPORT_FORMATS else f"; formats pole knows: {', '.join(EXPORT_FORMATS)}"
-        raise ApiError(404, f"this job exported {', '.join(formats)}, not {name[:40]!r}{known}")
-    path = run_layout(settings, job.id).archive(name)
-    if not path.is_file():
-        raise ApiError(410, "the archive file is missing from the data directory; run the job again")
-    suffix = "" if name == formats[0] else f"_{name}"
-    return FileResponse(path, media_type="application/zip", filename=f"pole_masks_{job.id}{suffix}.zip")
+    archive = job_archive(settings, celery, job, export_format)
+    if archive.path is None:
+        detail = f"the {archive.format} archive is being built from this job's run; ask again in a few seconds"
+        return JSONResponse({"detail": detail}, status_code=202, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return FileResponse(archive.path, media_type="application/zip", filename=archive.download_name)
 
 
-def _selection_out(row: Selection) -> SelectionOut:
-    return SelectionOut(
-        image=row.image_id,
-        label=row.label,
-        class_name=row.class_name,
-        chosen=row.chosen,
-        candidates=row.candidates,
-        scores=row.scores,
-    )
-
-
-@router.get("/selections", response_model=Page[SelectionOut])
+@router.get("/selections", response_model=Page[SelectionOut], responses=error_responses(422))
 def list_selections(
     job: OwnedJob,
     session: SessionDep,
     page: PageParams,
     image: str | None = None,
-    class_name: Annotated[str | None, Query(alias="class")] = None,
+    class_name: Annotated[
+        str | None, Query(alias="class", description="one of the dataset's classes, in any case")
+    ] = None,
 ) -> dict:
-    """The word chosen for each (image, class), with every candidate's CLIP score."""
-    query = select(Selection).where(Selection.job_id == job.id)
-    if image:
-        query = query.where(Selection.image_id == image)
-    if class_name:
-        query = query.where(Selection.class_name == class_name)
-    rows, next_cursor = paginate(session, query, (Selection.pk,), *page)
-    return {"items": [_selection_out(r) for r in rows], "next_cursor": next_cursor}
+    """The word chosen for each (image, class), with every candidate's CLIP score. A `class` the
+    job's dataset does not have is refused (422) with the list of its classes."""
+    return selections_page(session, job, *page, image=image, class_name=class_name)
 
 
-def _job_image(session, job: Job, image_id: str) -> Image:
-    row = session.scalar(select(Image).where(Image.dataset_id == job.dataset_id, Image.image_id == image_id))
-    if row is None:
-        raise ApiError(404, f"no image {image_id!r} in this job's dataset; GET /v1/datasets/{job.dataset_id}/images")
-    return row
+@router.get("/images", response_model=Page[JobImageOut])
+def list_job_images(job: OwnedJob, session: SessionDep, page: PageParams) -> dict:
+    """Every image of the job's dataset in upload order, as GET /v1/jobs/{job_id}/images/{image_id}
+    shows each. The result links appear once the job has succeeded, on the images it did not drop."""
+    return job_images_page(session, job, *page)
 
 
 @router.get("/images/{image_id}", response_model=JobImageOut)
 def get_job_image(image_id: str, job: OwnedJob, session: SessionDep) -> JobImageOut:
     """One image's tags, chosen words, and links to its mask and overlays."""
-    row = _job_image(session, job, image_id)
-    selections = session.scalars(
-        select(Selection).where(Selection.job_id == job.id, Selection.image_id == image_id).order_by(Selection.pk)
-    )
-    failed = job.failed_images.get(image_id)
-    base = f"/v1/jobs/{job.id}/images/{image_id}"
-    links = {}
-    if job.state == JobState.succeeded and not failed:
-        links = {"mask": f"{base}/mask.png", "overlay": f"{base}/overlay.png", "cams": f"{base}/cams.png"}
-    return JobImageOut(
-        image=image_id,
-        tags=row.tags,
-        split=row.split,
-        failed=failed,
-        selections=[_selection_out(s) for s in selections],
-        links=links,
-    )
+    return job_image_out(session, job, image_id)
 
 
 def _final_mask(settings, job: Job, image_id: str):
@@ -135,7 +112,7 @@ def _result_file(job: Job, image_id: str, path, what: str):
 @router.get("/images/{image_id}/mask.png", response_class=FileResponse, responses=PNG)
 def get_mask(image_id: str, job: OwnedJob, session: SessionDep, settings: SettingsDep) -> FileResponse:
     """The pseudo mask as a palette PNG (pixel values are labels; 255 = uncertain)."""
-    _job_image(session, job, image_id)
+    job_image(session, job, image_id)
     return FileResponse(
         _result_file(job, image_id, _final_mask(settings, job, image_id), "mask"), media_type="image/png"
     )
@@ -143,23 +120,24 @@ def get_mask(image_id: str, job: OwnedJob, session: SessionDep, settings: Settin
 
 @router.get("/images/{image_id}/overlay.png", response_class=Response, responses=PNG)
 def get_overlay(image_id: str, job: OwnedJob, session: SessionDep, settings: SettingsDep) -> Response:
-    """The image with its pseudo mask blended over it."""
+    """The image with its pseudo mask blended over it, and a legend of the class colours under it."""
     from ml.data.images import read_image, read_mask
     from ml.data.overlays import mask_overlay_png
 
-    row = _job_image(session, job, image_id)
+    row = job_image(session, job, image_id)
     mask = _result_file(job, image_id, _final_mask(settings, job, image_id), "mask")
     image = read_image(dataset_dir(settings, job.dataset.path) / row.file)
-    return Response(mask_overlay_png(image, read_mask(mask)), media_type="image/png")
+    return Response(mask_overlay_png(image, read_mask(mask), job.dataset.classes), media_type="image/png")
 
 
 @router.get("/images/{image_id}/cams.png", response_class=Response, responses=PNG)
 def get_cams(image_id: str, job: OwnedJob, session: SessionDep, settings: SettingsDep) -> Response:
-    """One heat map per tagged class: the class activation maps the masks grew from."""
+    """One heat map per tagged class: the class activation maps the masks grew from (a map that is
+    zero everywhere shows the image faded, with "empty CAM" written in it)."""
     from ml.data.images import read_image
     from ml.data.overlays import cam_heatmaps_png
 
-    row = _job_image(session, job, image_id)
+    row = job_image(session, job, image_id)
     layout = run_layout(settings, job.id)
     _result_file(job, image_id, layout.cams(image_id), "class activation maps")
     cams = layout.read_cams(image_id)

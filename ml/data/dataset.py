@@ -1,6 +1,11 @@
 """The in-memory description of a dataset that every stage reads.
 
 Labels: 0 is background, class i (1-based) is `classes[i - 1]`, 255 is ignore.
+
+Each label has two names. `classes` holds readable words ("dining table"): what prompts, the API and
+reports use. `label_names` holds the names the dataset's own files spell ("diningtable" in a VOC
+labelmap.txt or XML): what exports write, so that a tool holding the dataset's labels (a CVAT task
+made from them, say) accepts the masks back.
 """
 
 from __future__ import annotations
@@ -47,6 +52,13 @@ class Dataset:
     images: list[ImageRecord]
     synonyms: dict[str, list[str]] = field(default_factory=dict)  # from the dataset's synonyms.csv
     skipped: list[Problem] = field(default_factory=list)  # images dropped with skip_bad=True
+    label_names: list[str] = field(default_factory=list)  # label i is label_names[i - 1]; [] = the classes
+
+    def __post_init__(self) -> None:
+        if not self.label_names:
+            self.label_names = list(self.classes)
+        if len(self.label_names) != len(self.classes):
+            raise ValueError(f"{len(self.label_names)} label names for {len(self.classes)} classes")
 
     @property
     def num_classes(self) -> int:

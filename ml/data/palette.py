@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 IGNORE = 255  # mask label of pixels no class is scored on (object outlines, uncertain areas)
+IGNORE_NAME = "ignored"  # label 255's name in a labelmap.txt, as datumaro's VOC label set names it
 
 
 def _bitget_palette() -> np.ndarray:
@@ -53,10 +54,11 @@ def colorize(mask: np.ndarray) -> np.ndarray:
     return VOC_PALETTE[_check_mask(mask)]
 
 
-def labelmap_txt(classes: Sequence[str]) -> str:
-    """The labelmap.txt of CVAT's "Segmentation mask 1.1" format: background first, then label i on line i."""
+def labelmap_txt(label_names: Sequence[str]) -> str:
+    """The labelmap.txt of CVAT's "Segmentation mask 1.1" format: background first, then label i on line i,
+    then the ignore label: an importer refuses a mask whose colours the labelmap does not all name."""
     lines = ["# label:color_rgb:parts:actions", "background:0,0,0::"]
-    for label, name in enumerate(classes, start=1):
+    for label, name in [*enumerate(label_names, start=1), (IGNORE, IGNORE_NAME)]:
         r, g, b = VOC_PALETTE[label]
         lines.append(f"{name}:{r},{g},{b}::")
     return "\n".join(lines) + "\n"

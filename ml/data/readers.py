@@ -83,7 +83,9 @@ def read_dataset(
     ]
     if not images:
         raise DatasetError(image_problems + [Problem(".", None, "no usable images left after dropping bad ones")])
-    return Dataset(root, layout, listing.classes, images, listing.synonyms, skipped=image_problems)
+    return Dataset(
+        root, layout, listing.classes, images, listing.synonyms, skipped=image_problems, label_names=listing.label_names
+    )
 
 
 def load_dataset(path: str | Path, skip_bad: bool = False, split: str | None = None) -> Dataset:

@@ -2,6 +2,10 @@
 
 A format's writer is `write(folder, masks: ExportedMasks) -> None`: it lays the run's final masks
 out in `folder` in its own layout. The export stage adds the files every archive holds.
+
+Writers name the labels as the dataset names them (`label_names`, "diningtable"), not with the
+readable words the prompts use ("dining table"): the tool that loads an export compares names with
+the labels it already has, and those came from the same dataset.
 """
 
 from __future__ import annotations
@@ -12,8 +16,19 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class ExportedImage:
+    id: str
+    file_name: str  # the image's file name in the dataset (what COCO's images list names)
+    split: str
+    mask: Path  # its final mask: index PNG with the VOC palette, 0 background, 255 ignore
+
+
+@dataclass(frozen=True)
 class ExportedMasks:
-    classes: list[str]  # label i + 1 is classes[i]; 0 is background, 255 ignore
-    image_ids: list[str]  # the images exported, in order
-    mask_path: Callable[[str], Path]  # image id -> its final mask (index PNG with the VOC palette)
+    label_names: list[str]  # label i + 1 is label_names[i]; 0 is background, 255 ignore
+    images: list[ExportedImage]  # the images exported, in order
     on_progress: Callable[[int], None]  # called with the number of masks written so far
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [image.id for image in self.images]

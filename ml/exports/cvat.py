@@ -1,7 +1,7 @@
 """CVAT's "Segmentation mask 1.1" layout, which CVAT (and the VOC tools) import as they are.
 
 SegmentationClass/<id>.png           8-bit palette masks (VOC colours; 255 kept as ignore)
-labelmap.txt                         background and the classes with their colours
+labelmap.txt                         background, the dataset's label names and the ignore label, with their colours
 ImageSets/Segmentation/default.txt   the exported image ids
 """
 
@@ -17,8 +17,8 @@ from ml.exports import ExportedMasks
 def write_cvat(folder: Path, masks: ExportedMasks) -> None:
     (folder / "SegmentationClass").mkdir(parents=True)
     (folder / "ImageSets" / "Segmentation").mkdir(parents=True)
-    for index, image_id in enumerate(masks.image_ids):
-        shutil.copyfile(masks.mask_path(image_id), folder / "SegmentationClass" / f"{image_id}.png")
+    for index, image in enumerate(masks.images):
+        shutil.copyfile(image.mask, folder / "SegmentationClass" / f"{image.id}.png")
         masks.on_progress(index + 1)
     (folder / "ImageSets" / "Segmentation" / "default.txt").write_text("".join(f"{i}\n" for i in masks.image_ids))
-    (folder / "labelmap.txt").write_text(labelmap_txt(masks.classes))
+    (folder / "labelmap.txt").write_text(labelmap_txt(masks.label_names))

@@ -2,6 +2,7 @@
 
     <run>/config.json                     the resolved config (resuming with another one is refused)
     <run>/failed_images.json              {image id: reason} for images dropped during the run
+    <run>/preflight.json                  warnings found before the first stage (weights, CLIP, tags)
     <run>/<stage>/                        one folder per finished stage (a half-written one is <stage>.partial)
     <run>/<stage>/stage.json              what produced it: seed, config section, weight and checkpoint hashes
     <run>/<stage>/model.pt, log.json      a training stage's checkpoint and its per-step log
@@ -12,6 +13,10 @@
     <run>/<mask stage>/<image id>.png     seeds (make_seeds), masks (refine, crf)
     <run>/export/<format>/                the archive's files in that format's layout
     <run>/export/<format>.zip             the same, zipped: what a user downloads
+    <run>/export/<format>.requested       a format the run did not export, asked for and not yet built
+    <run>/export/<format>.failed          why building such a format failed
+    <run>/figures/                        pictures for people, redrawn by every `pole run`: overlays.png
+                                          (image | ground truth | mask), cams_<image id>.png, chosen_words_radar.png
 
 Nothing else in pole spells a file name inside a run. numpy only: the API reads CAM files for its
 heat maps through this module.
@@ -29,12 +34,17 @@ import numpy as np
 # renamed when the stage finishes), readers through RunLayout.
 CONFIG = "config.json"
 FAILED_IMAGES = "failed_images.json"
+PREFLIGHT = "preflight.json"
 STAGE_RECORD = "stage.json"
 CHECKPOINT = "model.pt"
 TRAINING_LOG = "log.json"
 SELECTIONS = "selections.jsonl"
 CANDIDATES = "candidates.json"
 METRICS = "metrics.json"
+# Figures: a run's figures/ folder holds them, and the demo's output folder the same names.
+FIGURES = "figures"
+CONTACT_SHEET = "overlays.png"
+WORDS_RADAR = "chosen_words_radar.png"
 
 
 def cams_name(image_id: str) -> str:
@@ -47,6 +57,10 @@ def mask_name(image_id: str) -> str:
 
 def archive_name(export_format: str) -> str:
     return f"{export_format}.zip"
+
+
+def cam_panels_name(image_id: str) -> str:
+    return f"cams_{image_id}.png"
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,10 @@ class RunLayout:
     @property
     def failed_images(self) -> Path:
         return self.root / FAILED_IMAGES
+
+    @property
+    def preflight(self) -> Path:
+        return self.root / PREFLIGHT
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
@@ -110,6 +128,16 @@ class RunLayout:
     def archive(self, export_format: str) -> Path:
         return self.root / "export" / archive_name(export_format)
 
+    def archive_request(self, export_format: str) -> Path:
+        return self.root / "export" / f"{export_format}.requested"
+
+    def archive_failure(self, export_format: str) -> Path:
+        return self.root / "export" / f"{export_format}.failed"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / FIGURES
+
     # --- readers -------------------------------------------------------------------------------------
 
     def stage_done(self, stage: str) -> bool:
@@ -120,6 +148,23 @@ class RunLayout:
 
     def read_failed_images(self) -> dict[str, str]:
         return _read_json(self.failed_images) or {}
+
+    def read_preflight(self) -> list[dict] | None:
+        """The warnings found before the first stage ([] when none); None when the checks have not run."""
+        record = _read_json(self.preflight)
+        return record["warnings"] if record is not None else None
+
+    def read_stage_warnings(self, stage: str) -> list[dict]:
+        """The warnings a finished stage recorded, each with the stage's name added."""
+        record = _read_json(self.stage_record(stage)) or {}
+        return [{"stage": stage, **item} for item in record.get("warnings", [])]
+
+    def read_warnings(self, stages: list[str]) -> list[dict]:
+        """Every warning of the run so far: the preflight checks', then each of `stages`' in order."""
+        found = [{"stage": "preflight", **item} for item in self.read_preflight() or []]
+        for stage in stages:
+            found += self.read_stage_warnings(stage)
+        return found
 
     def read_metrics(self, stage: str) -> dict | None:
         return _read_json(self.metrics(stage))

@@ -58,7 +58,7 @@ PROMPT_STRATEGIES: dict[str, PromptStrategy] = {
 class ExportFormat:
     name: str
     summary: str
-    writer: str  # "module:function" (folder, ExportInput) -> list of exported image ids
+    writer: str  # "module:function" (folder, ExportedMasks) -> None, see ml.exports
 
 
 EXPORT_FORMATS: dict[str, ExportFormat] = {
@@ -68,6 +68,16 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
             "cvat",
             'CVAT "Segmentation mask 1.1": palette PNGs, labelmap.txt, ImageSets/Segmentation/default.txt',
             "ml.exports.cvat:write_cvat",
+        ),
+        ExportFormat(
+            "coco",
+            "COCO instances JSON per split: one RLE annotation per image and class (pycocotools, detectron2)",
+            "ml.exports.coco:write_coco",
+        ),
+        ExportFormat(
+            "index_png",
+            "single-channel index PNGs (255 ignore), id lists per split, classes.txt (mmsegmentation, torchvision)",
+            "ml.exports.index_png:write_index_png",
         ),
     )
 }

@@ -7,6 +7,7 @@ the threshold sweep is a separate report, since picking its best value looks at 
 from __future__ import annotations
 
 from ml.data.images import ImageError, read_mask
+from ml.health_checks import floor_warning
 from ml.metrics import SplitConfusion, ThresholdSweep, cam_labels, sweep_thresholds
 from ml.runtime import StageContext, atomic_dir, write_json, write_stage_record
 from ml.spec.layout import METRICS
@@ -45,4 +46,9 @@ def run(ctx: StageContext) -> None:
             "unscored": unscored,
         }
         write_json(out / METRICS, metrics)
-        write_stage_record(out, ctx, images=len(scored) - len(unscored))
+        write_stage_record(
+            out,
+            ctx,
+            images=len(scored) - len(unscored),
+            warnings=floor_warning(metrics["miou"], metrics["background_only_miou"], "CAMs"),
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ml.data.images import ImageError, read_mask
+from ml.health_checks import floor_warning
 from ml.metrics import SplitConfusion
 from ml.runtime import StageContext, atomic_dir, write_json, write_stage_record
 from ml.spec.layout import METRICS
@@ -36,4 +37,9 @@ def run(ctx: StageContext) -> None:
             "unscored": unscored,
         }
         write_json(out / METRICS, metrics)
-        write_stage_record(out, ctx, images=len(scored) - len(unscored))
+        write_stage_record(
+            out,
+            ctx,
+            images=len(scored) - len(unscored),
+            warnings=floor_warning(metrics["miou"], metrics["background_only_miou"], "pseudo masks"),
+        )

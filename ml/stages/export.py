@@ -7,15 +7,21 @@ export/<format>/      that format's layout of the final masks, plus what every a
   metrics.json        final-mask scores, with the CAM scores under "cams"
   config.json         the fully resolved config of the run
 export/<format>.zip   the same files, at the archive's root
+
+`add_format` builds, later, a format the run's config did not ask for, from the finished run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ml.data.archive import zip_folder
-from ml.exports import ExportedMasks
+from ml.exports import ExportedImage, ExportedMasks
 from ml.runtime import StageContext, atomic_dir, write_json, write_stage_record
 from ml.spec.config import config_to_dict
 from ml.spec.layout import CONFIG, METRICS, archive_name
@@ -49,20 +55,31 @@ def gather_metrics(ctx: StageContext) -> dict:
     return metrics
 
 
-def write_format(ctx: StageContext, out: Path, name: str, exported: list[str], share: tuple[int, int]) -> int:
+def exported_images(ctx: StageContext) -> list[ExportedImage]:
+    """The images the run kept, each with its final mask; raises FileNotFoundError when a mask is missing."""
+    source = final_masks_stage(ctx.config)
+    images = [
+        ExportedImage(record.id, record.image.name, record.split, ctx.layout.mask(source, record.id))
+        for record in ctx.usable_images()
+    ]
+    for image in images:
+        if not image.mask.is_file():
+            raise FileNotFoundError(f"{image.mask} is missing: the {source} stage did not finish this image")
+    return images
+
+
+def write_format(ctx: StageContext, out: Path, name: str, images: list[ExportedImage], share: tuple[int, int]) -> int:
     """One format's folder and zip in `out`; `share` = (this format's index, how many formats) for
     progress. Returns the selections rows written."""
-    source = final_masks_stage(ctx.config)
     folder = out / name
     folder.mkdir()
 
     def on_progress(done: int) -> None:
-        fraction = (share[0] + done / max(len(exported), 1)) / share[1]
-        ctx.progress(0.9 * fraction, f"{name}: {done}/{len(exported)} masks")
+        fraction = (share[0] + done / max(len(images), 1)) / share[1]
+        ctx.progress(0.9 * fraction, f"{name}: {done}/{len(images)} masks")
 
-    masks = ExportedMasks(ctx.dataset.classes, exported, lambda i: ctx.layout.mask(source, i), on_progress)
-    load(EXPORT_FORMATS[name].writer)(folder, masks)
-    rows = write_selections(folder / SELECTIONS_CSV, ctx.layout.read_selections(), set(exported))
+    load(EXPORT_FORMATS[name].writer)(folder, ExportedMasks(ctx.dataset.label_names, images, on_progress))
+    rows = write_selections(folder / SELECTIONS_CSV, ctx.layout.read_selections(), {image.id for image in images})
     with open(folder / FAILED_IMAGES_CSV, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("image", "reason"))
@@ -74,20 +91,35 @@ def write_format(ctx: StageContext, out: Path, name: str, exported: list[str], s
 
 
 def run(ctx: StageContext) -> None:
-    source = final_masks_stage(ctx.config)
-    exported = [record.id for record in ctx.usable_images()]
-    for image_id in exported:
-        if not ctx.layout.mask(source, image_id).is_file():
-            raise FileNotFoundError(
-                f"{ctx.layout.mask(source, image_id)} is missing: the {source} stage did not finish this image"
-            )
+    images = exported_images(ctx)
     formats = ctx.config.export.formats
     with atomic_dir(ctx.stage_dir()) as out:
         rows = 0
         for number, name in enumerate(formats):
             ctx.check_cancel()
-            rows = write_format(ctx, out, name, exported, (number, len(formats)))
+            rows = write_format(ctx, out, name, images, (number, len(formats)))
         write_stage_record(
-            out, ctx, images=len(exported), masks_from=source, formats=list(formats), selections=rows,
-            failed=len(ctx.failed_images),
+            out, ctx, images=len(images), masks_from=final_masks_stage(ctx.config), formats=list(formats),
+            selections=rows, failed=len(ctx.failed_images),
         )  # fmt: skip
+
+
+def add_format(ctx: StageContext, name: str) -> Path:
+    """Build format `name` beside the finished export's own formats and return its zip (at once when
+    it is there already). It is written in a scratch folder and moved in zip last, so that a zip in
+    place is always a whole one, also when two builds of one format race."""
+    layout = ctx.layout
+    if layout.archive(name).is_file():
+        return layout.archive(name)
+    if not layout.stage_done("export"):
+        raise FileNotFoundError(f"{layout.stage_dir('export')} is missing: the run has not finished its export")
+    images = exported_images(ctx)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=layout.stage_dir("export")))
+    try:
+        write_format(ctx, scratch, name, images, (0, 1))
+        with contextlib.suppress(OSError):  # the folder of a build that won the race is already there
+            (scratch / name).rename(layout.export_dir(name))
+        os.replace(scratch / archive_name(name), layout.archive(name))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return layout.archive(name)

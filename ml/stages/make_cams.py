@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ml.device import pick_device, seed_everything
+from ml.health_checks import CamHealth
 from ml.loaders import images_to_tensor01
 from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import CamNet, load_cam_net
@@ -117,6 +118,7 @@ def run(ctx: StageContext) -> None:
     net, _ = load_cam_net(checkpoint, device)
     fold_batchnorm(net)
     records = ctx.usable_images()
+    health = CamHealth(ctx.dataset.classes)
     with atomic_dir(ctx.stage_dir()) as out:
         done = written = 0
         for start in range(0, len(records), config.batch_images):
@@ -143,6 +145,8 @@ def run(ctx: StageContext) -> None:
                     save_cams(
                         out / cams_name(record.id), np.asarray(record.tags), cam.cpu().numpy(), cam_s4.cpu().numpy()
                     )
+                    flat = cam_s4.flatten(1)
+                    health.add(record.tags, flat.amax(1).tolist(), flat.std(1, correction=0).tolist())
                     written += 1
             done += len(records[start : start + config.batch_images])
             ctx.progress(done / max(len(records), 1), f"{done}/{len(records)} images")
@@ -152,4 +156,6 @@ def run(ctx: StageContext) -> None:
             images=written,
             checkpoints={f"{checkpoint.parent.name}/{CHECKPOINT}": sha256_file(checkpoint)},
             device=str(device),
+            cam_health=health.record(),
+            warnings=health.warnings(),
         )

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ml.device import pick_device, seed_everything
+from ml.health_checks import selection_warnings, warning
 from ml.loaders import to_tensor01
 from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import load_cam_net
@@ -114,7 +115,9 @@ def run(ctx: StageContext) -> None:
             scratch / CANDIDATES,
             {name: {"words": c.words, "scores": c.scores, "source": c.source} for name, c in ranked.items()},
         )
-        notes = ["CLIP weights are random: the chosen words are arbitrary"] if clip.weights.source == "random" else []
+        notes = selection_warnings(records)
+        if clip.weights.source == "random":
+            notes.append(warning("random_clip", "CLIP weights are random: the chosen words are arbitrary"))
         write_stage_record(
             scratch,
             ctx,

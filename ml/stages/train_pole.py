@@ -17,7 +17,6 @@ stage.json (with a warning when the maps saturated).
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.device import pick_device, seed_everything
+from ml.health_checks import warning
 from ml.loaders import TrainImages, train_loader
 from ml.losses import PoleLoss, pole_loss
 from ml.models.adapters import Adaptor
@@ -38,8 +38,6 @@ from ml.spec.config import TrainPoleConfig, config_to_dict
 from ml.spec.layout import CHECKPOINT, TRAINING_LOG
 from ml.spec.registry import PROMPT_STRATEGIES
 from ml.training import autocast, check_finite, poly_sgd, training_images, usable_batch
-
-log = logging.getLogger("pole")
 
 
 class PoleObjective(nn.Module):
@@ -122,17 +120,16 @@ def clip_gradients(objective: PoleObjective, max_norm: float) -> float:
 SATURATED_SHARE = 0.25  # of the steps with no gradient at all, past which the run is flagged
 
 
-def saturation_warning(steps: list[dict]) -> list[str]:
+def saturation_warning(steps: list[dict]) -> list[dict]:
     """A warning when many steps had no gradient: every map stuck at 0 or 1, training did nothing."""
     dead = sum(step["grad_norm"] == 0 for step in steps)
     if not steps or dead < SATURATED_SHARE * len(steps):
         return []
     message = (
-        f"train_pole: {dead} of {len(steps)} steps had no gradient (the maps saturated); "
+        f"{dead} of {len(steps)} steps had no gradient (the maps saturated); "
         "set train_pole.max_grad_norm or lower the learning rates"
     )
-    log.warning(message)
-    return [message]
+    return [warning("saturated_training", message)]
 
 
 def run(ctx: StageContext) -> None:
@@ -171,8 +168,9 @@ def run(ctx: StageContext) -> None:
             scratch / CHECKPOINT, objective.net, config_to_dict(config), **objective.checkpoint_extras()
         )
         write_json(scratch / TRAINING_LOG, {"steps": steps})
-        notes = ["CLIP weights are random: the guidance is noise"] if clip_weights.source == "random" else []
-        notes += saturation_warning(steps)
+        notes = saturation_warning(steps)
+        if clip_weights.source == "random":
+            notes.insert(0, warning("random_clip", "CLIP weights are random: the guidance is noise"))
         write_stage_record(
             scratch,
             ctx,

@@ -7,15 +7,15 @@ and the service commands stay fast.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
+import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from ml.data import DatasetError
 from ml.spec.config import ConfigError, available_presets, load_config_file, resolve_config
 from ml.spec.layout import RunLayout
-from ml.spec.registry import EVALUATION_STAGES, STAGE_BY_NAME, STAGES, stages_for
+from ml.spec.registry import STAGE_BY_NAME, STAGES, stages_for
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,6 @@ def cmd_run(args: argparse.Namespace, stage: str | None = None) -> int:
     from ml.data.readers import resolve_dataset_path
     from ml.pipeline import run_pipeline
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     until = stage or (args.until.replace("-", "_") if getattr(args, "until", None) else None)
     try:
         config = _config(args)
@@ -69,22 +68,26 @@ def cmd_run(args: argparse.Namespace, stage: str | None = None) -> int:
     except (ConfigError, DatasetError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from ml.pipeline import RunDirError
     from ml.training import TrainingDiverged
     from ml.weights import WeightsError
+    from pole.report import draw_run_figures, print_report, report_from_run
 
     try:
-        with ProgressDisplay(config) as display, logging_redirect_tqdm():
-            summary = run_pipeline(dataset, args.out, config, on_progress=display.update, until=until)
+        with ProgressDisplay(config) as display:
+            summary = run_pipeline(
+                dataset, args.out, config, on_progress=display.update, on_stage=display.stage_event, until=until
+            )
     except (WeightsError, RunDirError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted; run the same command again to resume from the last finished stage in {args.out}")
         return 130
-    _print_summary(summary)
+    layout = RunLayout(args.out)
+    report = report_from_run(layout, dataset, config, summary)
+    report.figures = draw_run_figures(layout, dataset, config, summary)
+    print_report(report)
     return 0
 
 
@@ -128,34 +131,54 @@ def _load(args: argparse.Namespace, path: Path, skip_bad: bool):
 
 
 class ProgressDisplay:
-    """One bar for the whole run; the stage and its own fraction in the description."""
+    """One bar for the whole run: the stage and its own fraction in the description, the run's
+    percentage by the bar; above it, a line for each stage as it finishes."""
+
+    BAR_STEPS = 1000
+    DESCRIPTION_WIDTH = 44
 
     def __init__(self, config):
-        from tqdm import tqdm
-
         self.config = config
-        self.bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining}", file=sys.stderr)
+        self.started: dict[str, float] = {}
+        self.skipped: list[str] = []  # finished by an earlier run: told in one line, not one each
+        self.opened = ExitStack()
+
+    def __enter__(self):
+        from pole.progress import progress_bar
+
+        self.bar = self.opened.enter_context(progress_bar(self.BAR_STEPS, self.DESCRIPTION_WIDTH))
+        self.bar.set_description_str("starting")
+        return self
+
+    def __exit__(self, *exc):
+        self._tell_skipped()
+        return self.opened.__exit__(*exc)
 
     def update(self, stage: str, fraction: float, message: str) -> None:
         from ml.spec.registry import overall_progress
 
-        self.bar.set_description(f"{stage} {fraction:4.0%} {message}"[:60])
-        self.bar.n = int(1000 * overall_progress(self.config, stage, fraction))
+        self.bar.set_description_str(f"{stage} {fraction:4.0%} {message}", refresh=False)
+        self.bar.n = int(self.BAR_STEPS * overall_progress(self.config, stage, fraction))
         self.bar.refresh()
 
-    def __enter__(self):
-        return self
+    def stage_event(self, stage: str, event: str) -> None:
+        from pole.report import duration
 
-    def __exit__(self, *exc):
-        self.bar.close()
+        if event == "skip":
+            self.skipped.append(stage)
+            self.update(stage, 1.0, "already done")
+            self.bar.initial = self.bar.n  # work done by an earlier run says nothing of this one's pace
+            return
+        self._tell_skipped()
+        if event == "start":
+            self.started[stage] = time.monotonic()
+        elif event == "end":
+            self._write(f"{stage} finished in {duration(time.monotonic() - self.started[stage])}")
 
+    def _tell_skipped(self) -> None:
+        if self.skipped:
+            self._write(f"already done: {', '.join(self.skipped)}")
+            self.skipped = []
 
-def _print_summary(summary: dict) -> None:
-    for stage in EVALUATION_STAGES:
-        metrics = summary.get(stage)
-        if metrics and metrics.get("miou") is not None:
-            print(f"{stage}: mIoU {100 * metrics['miou']:.1f}%")
-    if summary.get("failed_images"):
-        failed = RunLayout(Path(summary["out"])).failed_images
-        print(f"{len(summary['failed_images'])} image(s) failed; see {failed}")
-    print(json.dumps({k: summary[k] for k in ("out", "stage_seconds") if k in summary}, indent=2))
+    def _write(self, line: str) -> None:
+        self.bar.write(line, file=sys.stderr)

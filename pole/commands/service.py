@@ -11,6 +11,8 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,29 +65,45 @@ def _settings():
 
 
 def _sessions(settings):
-    from sqlalchemy.exc import OperationalError
-
     from app.db import create_db_engine, current_revision, make_sessionmaker
 
     engine = create_db_engine(settings.database_url)
-    try:
+    with _database_reachable(settings, advice="if it was never set up, run `pole db upgrade` first"):
         revision = current_revision(engine)
-    except OperationalError as err:
-        raise SystemExit(
-            f"error: cannot open the database {_safe_url(settings.database_url)} ({err.orig}); "
-            "check POLE_DATABASE_URL / POLE_DATA_DIR, and run `pole db upgrade` first"
-        ) from None
     if revision is None:
         raise SystemExit("error: the database has no schema yet; run `pole db upgrade` first")
     return make_sessionmaker(engine)
+
+
+@contextmanager
+def _database_reachable(settings, advice: str = "") -> Iterator[None]:
+    """Report a database that cannot be reached in one line naming the setting, the URL with its
+    password masked, and the cause (exit status 2), instead of the driver's long traceback."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as err:
+        if err.statement is not None:  # SQLAlchemy gives a failure to connect no statement: this came later
+            raise
+        # The driver's first line ends with the cause, after where it tried ('... port 1 failed: Connection refused').
+        cause = str(err.orig).splitlines()[0].rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+        password = make_url(settings.database_url).password
+        if password:
+            cause = cause.replace(password, "***")
+        message = f"error: cannot connect to the database POLE_DATABASE_URL={_safe_url(settings.database_url)}: {cause}"
+        print(f"{message}; {advice}" if advice else message, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_db_upgrade(_args: argparse.Namespace) -> int:
     from app.db import create_db_engine, current_revision, upgrade
 
     settings = _settings()
-    upgrade(settings.database_url)
-    revision = current_revision(create_db_engine(settings.database_url))
+    with _database_reachable(settings):
+        upgrade(settings.database_url)
+        revision = current_revision(create_db_engine(settings.database_url))
     print(f"database {_safe_url(settings.database_url)} at revision {revision}")
     return 0
 
@@ -169,7 +187,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings()
     settings.make_dirs()
-    upgrade(settings.database_url)
+    with _database_reachable(settings):
+        upgrade(settings.database_url)
     logging.getLogger("pole").info(
         "data in %s, database %s, queue %s", settings.data_dir, _safe_url(settings.database_url), settings.broker_url
     )

@@ -54,11 +54,10 @@ def cmd_make(args: argparse.Namespace) -> int:
 def cmd_train_clip(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from tqdm import tqdm
-
     from ml.world.clip_eval import evaluate
     from ml.world.clip_training import ClipTrainConfig, export, train_clip
     from ml.world.views import render_pool
+    from pole.progress import progress_bar
 
     overrides = {
         "model": args.model,
@@ -72,10 +71,11 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
     }
     config = replace(ClipTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     print(f"training {config.model} for {config.steps} steps on {config.scenes} scenes", file=sys.stderr)
-    with tqdm(total=config.steps, file=sys.stderr, unit="step") as bar:
+    with progress_bar(config.steps, description_width=len(f"step {config.steps}/{config.steps}")) as bar:
 
         def show(step: int, steps: int, loss: float) -> None:
             bar.n = step
+            bar.set_description_str(f"step {step}/{steps}", refresh=False)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             bar.refresh()
 

@@ -6,7 +6,14 @@ import pytest
 
 from app.db import create_db_engine, make_sessionmaker, session_scope
 from app.security import create_key
-from tests.app.service import ApiServer, make_dataset_zip, make_settings, small_dataset
+from tests.app.service import (
+    ApiServer,
+    create_postgres_database,
+    drop_postgres_database,
+    make_dataset_zip,
+    make_settings,
+    small_dataset,
+)
 
 MiB = 1 << 20
 
@@ -14,6 +21,17 @@ MiB = 1 << 20
 @pytest.fixture
 def settings(tmp_path):
     return make_settings(tmp_path / "data", max_upload_bytes=2 * MiB, max_archive_members=200)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    """Settings on each database the service runs on: SQLite, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield make_settings(tmp_path / "data")
+        return
+    url = create_postgres_database()
+    yield make_settings(tmp_path / "data", database_url=url)
+    drop_postgres_database(url)
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 The job is created over HTTP like any other. `finish_job` then does what a worker does when a run
 ends: marks the row succeeded and leaves the files the result routes read in its run directory
-(the final masks, the CAMs, the export archive), plus one selection row and one dropped image.
+(the final masks, the CAMs, the export archive), a selection row per tag of each image, and one
+dropped image.
 `start_job` does what a worker does when it picks a job up.
 """
 
@@ -37,26 +38,30 @@ def finish_job(settings: Settings, job_id: str, failed_image: str) -> None:
         for image in images:
             if image.image_id != failed_image:
                 _write_results(layout, config, image, folder / image.file, job.dataset.classes)
+                session.add_all(_selections(job, image))
         for export_format in config.export.formats:
             layout.archive(export_format).parent.mkdir(parents=True, exist_ok=True)
             with zipfile.ZipFile(layout.archive(export_format), "w") as archive:
                 archive.writestr("labelmap.txt", "background:0,0,0::\n")
-        first = images[0]
-        session.add(
-            Selection(
-                job_id=job_id,
-                image_id=first.image_id,
-                label=job.dataset.classes.index(first.tags[0]) + 1,
-                class_name=first.tags[0],
-                candidates=[first.tags[0], "thing"],
-                scores=[0.75, 0.25],
-                chosen=first.tags[0],
-            )
-        )
         job.state, job.progress = JobState.succeeded, 1.0
         job.started_at = job.finished_at = utcnow()
         job.failed_images = {failed_image: "not a decodable image"}
     engine.dispose()
+
+
+def _selections(job: Job, image: ImageRow) -> list[Selection]:
+    return [
+        Selection(
+            job_id=job.id,
+            image_id=image.image_id,
+            label=job.dataset.classes.index(tag) + 1,
+            class_name=tag,
+            candidates=[tag, "thing"],
+            scores=[0.75, 0.25],
+            chosen=tag,
+        )
+        for tag in image.tags
+    ]
 
 
 def _write_results(layout, config, image: ImageRow, image_file, classes: list[str]) -> None:

@@ -137,8 +137,9 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+    def log(self, chars: int | None = 6000) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return text[-chars:] if chars else text
 
 
 def create_postgres_database() -> str:
@@ -228,6 +229,7 @@ def job_routes(job_id: str, image: str) -> list[tuple[str, str]]:
         ("GET", f"{base}/archive"),
         ("GET", f"{base}/selections"),
         ("GET", f"{base}/metrics"),
+        ("GET", f"{base}/images"),
         ("GET", f"{base}/images/{image}"),
         ("GET", f"{base}/images/{image}/mask.png"),
         ("GET", f"{base}/images/{image}/overlay.png"),
@@ -277,10 +279,13 @@ def parent_of(pid: int) -> int | None:
 
 
 class ServeProcess:
-    """`pole serve` on these settings in a child process, logging to `log_path`; a test may kill it like a crash."""
+    """`pole serve` on these settings in a child process, logging to `log_path`; a test may kill it like a crash.
 
-    def __init__(self, settings: Settings, log_path: Path, *args: str):
+    `env`: more environment variables for it and its worker (where the weights are, say)."""
+
+    def __init__(self, settings: Settings, log_path: Path, *args: str, env: dict[str, str] | None = None):
         self.settings, self.log_path, self.args = settings, log_path, args
+        self.env = {**settings_env(settings), **(env or {})}
         self.url = f"http://127.0.0.1:{free_port()}"
         self.process: subprocess.Popen | None = None
 
@@ -289,7 +294,7 @@ class ServeProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pole.cli", "serve", "--port", self.url.rsplit(":", 1)[1], *self.args],
-                env=settings_env(self.settings),
+                env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -7,6 +7,7 @@ import pytest
 from app.db import create_db_engine, make_sessionmaker, session_scope
 from app.security import revoke_key
 from tests.app.conftest import new_key
+from tests.app.finished_job import finish_job
 from tests.app.service import ApiServer, assert_invisible_to, make_settings, upload
 
 
@@ -116,14 +117,49 @@ def test_cancel_of_a_queued_job_is_immediate_and_final(alice, dataset_id):
     assert archive.status_code == 409 and "once it has succeeded" in archive.json()["detail"]
 
 
+def test_a_dataset_without_jobs_is_deleted_at_once(alice, settings, dataset_id):
+    assert alice.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+    assert alice.get(f"/v1/datasets/{dataset_id}").status_code == 404
+    assert not (settings.datasets_dir / dataset_id).exists()
+
+
 def test_a_dataset_in_use_cannot_be_deleted_until_its_jobs_end(alice, settings, dataset_id):
     job_id = alice.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small"}).json()["id"]
     refused = alice.delete(f"/v1/datasets/{dataset_id}")
-    assert refused.status_code == 409 and job_id in refused.json()["detail"]
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        f"dataset is in use by queued or running job(s) {job_id}; cancel them or wait until they end, "
+        "then add ?cascade=true to delete its 1 job(s) and their results too"
+    )
+    refused = alice.delete(f"/v1/datasets/{dataset_id}", params={"cascade": "true"})
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        f"dataset is in use by queued or running job(s) {job_id}; cancel them or wait until they end"
+    )
     alice.post(f"/v1/jobs/{job_id}/cancel")
-    assert alice.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+    assert alice.delete(f"/v1/datasets/{dataset_id}", params={"cascade": "true"}).status_code == 204
     assert alice.get(f"/v1/datasets/{dataset_id}").status_code == 404
     assert alice.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert not (settings.datasets_dir / dataset_id).exists()
+
+
+def test_a_dataset_with_finished_jobs_is_deleted_with_their_results_only_on_cascade(alice, settings, dataset_id):
+    finished, cancelled = (
+        alice.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small"}).json()["id"] for _ in range(2)
+    )
+    alice.post(f"/v1/jobs/{cancelled}/cancel")
+    finish_job(settings, finished, failed_image="img05")
+    refused = alice.delete(f"/v1/datasets/{dataset_id}")
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == "dataset has 2 job(s); add ?cascade=true to delete them and their results too"
+    assert alice.get(f"/v1/datasets/{dataset_id}").status_code == 200
+    assert alice.get(f"/v1/jobs/{finished}/archive").status_code == 200
+    assert (settings.jobs_dir / finished).is_dir()
+
+    assert alice.delete(f"/v1/datasets/{dataset_id}", params={"cascade": "true"}).status_code == 204
+    assert alice.get(f"/v1/datasets/{dataset_id}").status_code == 404
+    assert alice.get("/v1/jobs").json()["items"] == []
+    assert not (settings.jobs_dir / finished).exists()
     assert not (settings.datasets_dir / dataset_id).exists()
 
 

@@ -9,26 +9,15 @@ from __future__ import annotations
 import threading
 
 import httpx
-import pytest
 from sqlalchemy import delete, event, select
 
 from app.db import create_db_engine, make_sessionmaker
 from app.models import Dataset, Job
 from tests.app.conftest import new_key
-from tests.app.service import ApiServer, create_postgres_database, drop_postgres_database, make_settings
+from tests.app.service import ApiServer
 
 ROUNDS = 12
 JOB = {"preset": "cpu-small"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request, tmp_path):
-    if request.param == "sqlite":
-        yield make_settings(tmp_path / "data")
-        return
-    url = create_postgres_database()
-    yield make_settings(tmp_path / "data", database_url=url)
-    drop_postgres_database(url)
 
 
 def _upload(client: httpx.Client, dataset_zip) -> str:

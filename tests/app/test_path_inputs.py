@@ -6,12 +6,15 @@ for their secret, and the canaries and everything else outside the data director
 
 Where a user string meets the file system (app/ and ml/data, audited):
 - a job's `preset` picks one of the shipped presets by name; no path is built from it;
-- the archive's `format` must be one of the job's export formats before the run layout names a file;
+- the archive's `format` must be one of the export formats pole knows (ml.spec.registry) before the
+  run layout names a file;
 - dataset, job and image ids in the URL are looked up among the key's own rows before any path is
   built, and then only from the stored row (its server-made id and path);
 - archive member names are checked by ml.data.archive before anything is written;
 - tags.csv image names and VOC split-list ids are matched against the files of images/ and
   JPEGImages/, never joined onto a folder;
+- tags.csv split values must be plain names (exports name a file after each split), VOC's are the
+  names of its split-list files;
 - the multipart filename is the dataset's display name only.
 tests/app/test_uploads.py holds the plain zip-slip and symlink members; the members here extend it.
 """
@@ -188,6 +191,7 @@ ROUTES = [
     ("GET", "/v1/jobs/{}"),
     ("POST", "/v1/jobs/{}/cancel"),
     ("GET", "/v1/jobs/{}/archive"),
+    ("GET", "/v1/jobs/{}/images"),
     ("GET", "/v1/jobs/{job}/images/{}"),
     ("GET", "/v1/jobs/{job}/images/{}/mask.png"),
     ("GET", "/v1/jobs/{job}/images/{}/overlay.png"),
@@ -219,7 +223,7 @@ FORMATS = ["../../../canary", "/etc/passwd", "..%2f..%2fcanary", "cvat%00", "cva
 
 
 @pytest.mark.parametrize("value", FORMATS)
-def test_the_archive_format_is_one_of_the_jobs_never_a_path(live, value):
+def test_the_archive_format_is_a_name_pole_knows_never_a_path(live, value):
     live.assert_refused(*live.raw("GET", f"/v1/jobs/{live.job_id}/archive?format={value}"), {400, 404, 422})
 
 

@@ -64,7 +64,7 @@ def test_only_workers_of_this_queue_count_and_an_api_only_deployment_may_opt_out
     with ApiServer(settings) as api:
         assert readiness(api) == (200, "0 alive")
         sessions = make_sessionmaker(create_db_engine(settings.database_url))
-        beat = {"hostname": "elsewhere", "pid": os.getpid(), "started_at": utcnow()}
+        beat = {"hostname": "elsewhere", "pid": os.getpid(), "started_at": utcnow(), "held_weights": None}
         record_worker_heartbeat(sessions, name="other-deployment@x", queue="other", **beat)
         assert readiness(api) == (200, "0 alive")
         record_worker_heartbeat(sessions, name="ours@x", queue=settings.queue, **beat)

@@ -6,6 +6,7 @@ import pytest
 from ml.metrics import (
     SplitConfusion,
     ThresholdSweep,
+    all_background_miou,
     cam_labels,
     confusion_matrix,
     iou_per_label,
@@ -137,3 +138,15 @@ def test_eval_stages_score_files_per_split_and_list_unreadable_ground_truth(tmp_
     assert cam_metrics["splits"]["val"]["images"] == 1 and set(cam_metrics["unscored"]) == {"bad"}
     assert mask_metrics["splits"]["train"]["miou"] == pytest.approx(1.0)
     assert mask_metrics["splits"]["val"]["iou"] == {"background": pytest.approx(2 / 6), "a": 0.0, "b": 0.0}
+
+
+def test_all_background_miou_is_the_background_share_over_the_labels_present():
+    first = np.zeros((10, 10), np.uint8)
+    first[:2] = 1  # 20 pixels of class 1
+    second = np.zeros((10, 10), np.uint8)
+    second[0, :5] = 2  # 5 pixels of class 2
+    second[9] = 255  # 10 ignored pixels
+    background, scored = 80 + 85, 100 + 90
+    expected = (background / scored) / 3  # background, class 1, class 2 present; classes at IoU 0
+    confusion = confusion_matrix(first, np.zeros_like(first), 4) + confusion_matrix(second, np.zeros_like(second), 4)
+    assert all_background_miou(confusion, ["a", "b", "c"]) == pytest.approx(expected)

@@ -1,12 +1,17 @@
 """The stages after training, run through the pipeline from a hand-made CAM network checkpoint."""
 
 import json
+import re
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ml.data import load_dataset
 from ml.data.images import read_image, read_mask
@@ -16,9 +21,10 @@ from ml.models.cam_net import CamNet, save_cam_net
 from ml.pipeline import run_pipeline
 from ml.runtime import Cancelled, StageContext
 from ml.spec.config import config_to_dict, resolve_config
-from ml.spec.layout import RunLayout
+from ml.spec.layout import CONTACT_SHEET, WORDS_RADAR, RunLayout
 from ml.stages import make_cams
 from ml.stages.make_cams import multiscale_cams
+from tests.conftest import all_background_miou
 
 TRAINING_STAGES = ("train_cam", "select_prompts", "train_pole")
 # Small enough for a few seconds on two cores; the cpu-small preset otherwise.
@@ -217,11 +223,36 @@ def test_pole_run_cpu_small_end_to_end(tiny_dataset, tmp_path, capsys):
         "--config",
         str(tmp_path / "fast.json"),
     ]
-    assert _pole(argv) == 0
-    printed = capsys.readouterr().out
-    assert "eval_cams: mIoU" in printed and "eval_masks: mIoU" in printed
-    _check_export(out, load_dataset(tiny_dataset))
+    # In a process of its own, whose logging is set up as on a terminal (pytest installs handlers of its own).
+    first = subprocess.run([sys.executable, "-m", "pole.cli", *argv], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    dataset = load_dataset(tiny_dataset)
+    _check_export(out, dataset)
+    _check_report(first.stdout, out, dataset)
+    assert "INFO" not in first.stderr
+    assert "train_cam finished in" in first.stderr and "100%|" in first.stderr  # stage lines and the bar
     assert _pole(argv) == 0  # a finished run resumes to a no-op
+    assert "already done: train_cam, select_prompts" in capsys.readouterr().err
+
+
+def _check_report(printed: str, out, dataset) -> None:
+    """The end of `pole run`: the archive, IoU per class, the all-background floor, the chosen words
+    and the figures."""
+    archive = RunLayout(out).archive("cvat")
+    assert f"archive: {archive}" in printed.splitlines() and archive.is_file()
+    for label in ("mIoU", "background", *dataset.classes):  # one row each, a CAM and a mask column
+        assert re.search(rf"^{label} +\d+\.\d% +\d+\.\d%$", printed, re.MULTILINE), label
+    floor = all_background_miou([read_mask(r.mask) for r in dataset.images], dataset.classes)
+    assert f"calling every pixel background scores {100 * floor:.1f}% mIoU" in printed
+    assert "words chosen for each class" in printed and "time per stage" in printed
+    listed = printed.split("\nfigures:\n")[1].split("\n\n")[0].splitlines()
+    figures = [Path(line.strip()) for line in listed]
+    assert {path.parent for path in figures} == {RunLayout(out).figures}
+    names = {path.name for path in figures}
+    assert {CONTACT_SHEET, WORDS_RADAR} <= names and any(name.startswith("cams_") for name in names)
+    for path in figures:
+        with Image.open(path) as figure:
+            assert figure.format == "PNG" and figure.width > 0 and figure.height > 0, path
 
 
 def make_shapes_dataset(root, count: int, size: int, seed: int = 0):

@@ -4,15 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.data.overlays import mask_overlay
+from ml.data.overlays import LEGEND_HEIGHT, mask_overlay
 from ml.data.palette import VOC_PALETTE
 from ml.reports import (
     CAPTION_HEIGHT,
     GAP,
     HEADER_HEIGHT,
-    LEGEND_HEIGHT,
     SheetRow,
-    background_only_miou,
     contact_sheet,
     figure_png,
     miou_table,
@@ -118,14 +116,3 @@ def test_miou_table_prints_percentages_and_dashes_for_absent_labels():
     assert lines[1].split() == ["mIoU", "50.0%", "62.5%"]
     assert lines[3].split() == ["circle", "20.0%", "35.0%"]
     assert lines[4].split() == ["star", "-", "-"]
-
-
-def test_background_only_miou_is_the_background_share_over_the_labels_present():
-    first = np.zeros((10, 10), np.uint8)
-    first[:2] = 1  # 20 pixels of class 1
-    second = np.zeros((10, 10), np.uint8)
-    second[0, :5] = 2  # 5 pixels of class 2
-    second[9] = 255  # 10 ignored pixels
-    background, scored = 80 + 85, 100 + 90
-    expected = (background / scored) / 3  # background, class 1, class 2 present; classes at IoU 0
-    assert background_only_miou([first, second], ["a", "b", "c"]) == pytest.approx(expected)

@@ -1,11 +1,12 @@
 import time
 
+import huggingface_hub.constants
 import open_clip
 import pytest
 import torch
 
 from ml.models.clip_encoder import FrozenClip
-from ml.weights import WeightsError, resolve_backbone, resolve_clip
+from ml.weights import WeightsError, held_weight_tags, resolve_backbone, resolve_clip
 
 
 @pytest.fixture
@@ -62,3 +63,21 @@ def test_clip_loads_from_a_local_checkpoint_file(offline, tmp_path):
 def test_random_weights_are_explicit_and_recorded(offline):
     clip = FrozenClip("pole-tiny", "random")
     assert clip.weights.record() == {"name": "pole-tiny", "source": "random", "path": None, "sha256": None}
+
+
+def test_a_worker_holds_the_shipped_clip_and_the_named_tags_whose_files_it_has(offline, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "huggingface"))
+    assert held_weight_tags() == {"clip": [["pole-tiny", "pole-world"]], "backbone": []}
+
+    # Named the way the resolvers look them up in POLE_WEIGHTS_DIR; empty, since only their presence counts.
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "ViT-B-32-openai.pt").touch()
+    (weights / "resnet50-0676ba61.pth").touch()  # torchvision's IMAGENET1K_V1 file of resnet50
+    assert held_weight_tags() == {
+        "clip": [["ViT-B-32", "openai"], ["pole-tiny", "pole-world"]],
+        "backbone": [["resnet50", "imagenet"]],
+    }
+    # What a worker advertises is what it resolves without a network.
+    assert resolve_clip("ViT-B-32", "openai").path == weights / "ViT-B-32-openai.pt"
+    assert resolve_backbone("resnet50", "imagenet").path == weights / "resnet50-0676ba61.pth"

@@ -84,7 +84,10 @@ def test_following_a_job_ends_at_its_final_state(client, dataset_zip, tmp_path):
     with pytest.raises(PoleApiError) as unknown:
         client.delete_dataset(dataset_id + "x")
     assert unknown.value.status == 404
-    client.delete_dataset(dataset_id)
+    with pytest.raises(PoleApiError) as has_jobs:
+        client.delete_dataset(dataset_id)
+    assert has_jobs.value.status == 409 and "?cascade=true" in has_jobs.value.detail
+    client.delete_dataset(dataset_id, cascade=True)
     assert list(client.list_datasets()) == []
 
 

@@ -56,8 +56,32 @@ def test_keys_need_the_schema_first(tmp_path):
     refused = pole(settings, "keys", "create", "--name", "x")
     assert refused.returncode != 0 and "run `pole db upgrade` first" in refused.stderr
     upgraded = pole(settings, "db", "upgrade")
-    assert upgraded.returncode == 0 and "at revision 0002" in upgraded.stdout
+    assert upgraded.returncode == 0 and "at revision 0003" in upgraded.stdout
     assert pole(settings, "keys", "create", "--name", "x").returncode == 0
+
+
+def test_an_unreachable_database_is_named_in_one_line_without_its_password(tmp_path):
+    port = free_port()  # nothing listens on it once the probe socket is closed
+    password = "s3cret-pw"
+    settings = make_settings(tmp_path / "data", database_url=f"postgresql://pole:{password}@127.0.0.1:{port}/pole")
+    line = (
+        f"error: cannot connect to the database POLE_DATABASE_URL=postgresql+psycopg://pole:***@127.0.0.1:{port}/pole: "
+        "Connection refused"
+    )
+    for_keys = f"{line}; if it was never set up, run `pole db upgrade` first"
+    for command, expected in (
+        (["db", "upgrade"], line),
+        (["keys", "list"], for_keys),
+        (["keys", "create", "--name", "x"], for_keys),
+        (["keys", "revoke", "pole_x"], for_keys),
+    ):
+        result = pole(settings, *command)
+        assert (result.returncode, result.stderr.splitlines()) == (2, [expected]), command
+        assert password not in result.stdout, command
+    # serve logs its start (the migrations it applies) before the error, which ends it all the same.
+    served = pole(settings, "serve", "--no-worker", "--port", str(free_port()))
+    assert served.returncode == 2 and served.stderr.splitlines()[-1] == line
+    assert "Traceback" not in served.stderr and password not in served.stdout + served.stderr
 
 
 def test_serve_runs_api_and_worker_and_stops_both_on_ctrl_c(tmp_path):

@@ -104,4 +104,4 @@ def test_a_killed_pool_process_hands_its_job_to_a_new_attempt_at_once(tmp_path):
         finally:
             worker.stop()
     assert done["attempts"] == 2
-    assert "the worker process running it died (Worker exited prematurely: signal 9 (SIGKILL)" in worker.log()
+    assert "the worker process running it died (Worker exited prematurely: signal 9 (SIGKILL)" in worker.log(chars=None)

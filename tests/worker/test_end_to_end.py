@@ -13,6 +13,7 @@ import time
 import zipfile
 
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 
 from app.db import create_db_engine
@@ -85,6 +86,8 @@ def check_round_trip(client, job: dict, tags: dict[str, list[str]], failed: set[
     for kind in ("mask", "overlay", "cams"):
         png = client.get(view["links"][kind])
         assert png.status_code == 200 and png.content.startswith(b"\x89PNG"), (kind, png.text[:200])
+    mask, overlay = (Image.open(io.BytesIO(client.get(view["links"][kind]).content)) for kind in ("mask", "overlay"))
+    assert overlay.width == mask.width and overlay.height > mask.height  # the legend of the class colours
 
     metrics = client.get(f"/v1/jobs/{job_id}/metrics").json()
     assert metrics["has_ground_truth"] and set(metrics["stages"]) == {"eval_cams", "eval_masks"}
@@ -135,6 +138,9 @@ def test_embedded_service_runs_cancels_and_fails_jobs(tmp_path, dataset):
             assert done["state"] == "succeeded", (done, worker.log())
             assert done["attempts"] == 1
             assert "img05" in done["failed_images"]
+            # The cpu-small preset's CAM network starts from random weights: said before the first stage.
+            checks = {(w["stage"], w["check"]) for w in done["warnings"]}
+            assert ("preflight", "random_weights") in checks, done["warnings"]
             check_round_trip(alice, done, tags, failed={"img05"})
             view = alice.get(f"/v1/jobs/{job['id']}/images/img05").json()
             assert view["failed"] and view["links"] == {}

@@ -17,15 +17,25 @@ def niceness(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])  # field 19, "nice"
 
 
-def children_of(pid: int) -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and parent_of(int(p.name)) == pid]
+def command_line(pid: int) -> bytes:
+    """Empty for a process that has exited (or is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def pool_of(pid: int) -> list[int]:
+    """The worker's pool processes: its live children but the scan of the weights it holds (worker.held_weights)."""
+    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and parent_of(int(p.name)) == pid]
+    return [child for child in children if (command := command_line(child)) and b"worker.held_weights" not in command]
 
 
 def test_the_job_process_runs_niced_and_the_main_process_does_not(settings, tmp_path):
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         deadline = time.monotonic() + 30
-        while not (pool := children_of(worker.process.pid)) and time.monotonic() < deadline:
+        while not (pool := pool_of(worker.process.pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
         started_at = niceness(os.getpid())
         assert niceness(worker.process.pid) == started_at

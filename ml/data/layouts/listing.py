@@ -53,6 +53,7 @@ class Listing:
     synonyms: dict[str, list[str]]
     problems: list[Problem]
     palette: np.ndarray | None = None  # colours of RGB masks, when not the VOC palette
+    label_names: list[str] = field(default_factory=list)  # as the dataset's files spell them; [] = the classes
 
 
 def relative(root: Path, path: Path) -> str:

@@ -6,10 +6,14 @@
   exactly one image has that stem; the image id is the file's stem; tags are separated by `|` and
   matched to the classes ignoring case and repeated spaces.
 - `masks/<id>.png`: optional ground truth (255 = ignore).
+
+Class names are also the label names exports write, as they are written here. Split names must be
+plain names (letters, digits, `_`, `.`, `-`): exports name a file after each split.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ml.data.dataset import DatasetError, Problem
@@ -30,6 +34,7 @@ from ml.data.layouts.listing import (
 
 MANIFEST_FILES = ("classes.txt", "tags.csv")
 MAX_CLASSES = 254  # labels 1..254 fit in an 8-bit mask beside background 0 and ignore 255
+SPLIT_NAME = re.compile(r"\w[\w.-]*")
 
 
 def manifest_key(name: str) -> str:
@@ -118,6 +123,8 @@ def _read_tags_csv(
         entries.append(entry)
         if len(cells) != len(columns):
             entry.problem(f"{len(cells)} fields where the header has {len(columns)}; separate tags with '|', not ','")
+        if not SPLIT_NAME.fullmatch(row_split):
+            entry.problem(f"split {row_split!r} is not a plain name; use letters, digits, '_', '.' and '-'")
         if not name or "/" in name or "\\" in name or name in (".", "..") or not entry.id:
             entry.problem(f"image {name!r} is not a file name; give the name of a file inside images/")
             continue

@@ -5,7 +5,10 @@ still count: the class is in the picture), else from the labels present in
 `SegmentationClass/<id>.png` (0 and 255 are not tags). The images are those of the lists in
 `ImageSets/Segmentation/*.txt`, each in the split of the smallest list naming it (so train and val
 win over trainval), or every file in `JPEGImages/` as "train" when there are no lists. Classes are
-the 20 VOC classes, or those of CVAT's `labelmap.txt` when present (its RGB masks use its colours).
+the 20 VOC classes, or those of CVAT's `labelmap.txt` when present (its RGB masks use its colours;
+an `ignored` or `void` entry gives the colour of label 255). The classes are readable words ("dining
+table"); the label names, which exports write, are spelled as the dataset spells them: as in its
+labelmap.txt, else as its XML annotations write them, else VOC's own spellings ("diningtable").
 
 Label i (1-based) is VOC_CLASSES[i - 1]; 0 is background; 255 is "ignore" in masks only (object
 outlines and uncertain pixels), never a class or a tag.
@@ -35,7 +38,7 @@ from ml.data.layouts.listing import (
     relative,
     valid_classes,
 )
-from ml.data.palette import VOC_PALETTE
+from ml.data.palette import IGNORE, VOC_PALETTE
 
 VOC_IMAGES = "JPEGImages"
 VOC_LISTS = "ImageSets/Segmentation"
@@ -62,6 +65,8 @@ VOC_CLASSES: tuple[str, ...] = (
     "train",
     "tv monitor",
 )
+# VOC's own spellings ("diningtable"): its XML annotations and the tools built on VOC use these.
+VOC_LABEL_NAMES: tuple[str, ...] = tuple(name.replace(" ", "") for name in VOC_CLASSES)
 
 
 def name_key(name: str) -> str:
@@ -70,6 +75,8 @@ def name_key(name: str) -> str:
 
 
 _LABEL_BY_KEY = {name_key(name): label for label, name in enumerate(VOC_CLASSES, start=1)}
+# labelmap.txt entries naming the colour of label 255 rather than a class (datumaro writes "ignored").
+_IGNORE_KEYS = {"ignored", "ignore", "void"}
 
 
 def voc_label(name: str) -> int | None:
@@ -136,15 +143,17 @@ def read_annotation_objects(path: Path, file: str) -> tuple[list[VocObject], lis
 
 @dataclass
 class LabelMap:
-    classes: list[str]  # without background
+    classes: list[str]  # without background; VOC names in their readable spelling ("dining table")
+    label_names: list[str]  # the same labels as the file writes them ("diningtable")
     palette: np.ndarray  # (256, 3) uint8: row i is the colour of label i in RGB masks
 
 
 def parse_labelmap(lines: list[str], file: str) -> tuple[LabelMap, list[Problem]]:
-    """CVAT's labelmap.txt (`name:r,g,b:parts:actions`, background first); VOC names take their canonical spelling."""
+    """CVAT's labelmap.txt (`name:r,g,b:parts:actions`, background first); an ignore entry colours label 255."""
     problems: list[Problem] = []
     palette = VOC_PALETTE.copy()
     classes: list[str] = []
+    label_names: list[str] = []
     seen: dict[str, int] = {}
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
@@ -170,22 +179,28 @@ def parse_labelmap(lines: list[str], file: str) -> tuple[LabelMap, list[Problem]
         if key == "background":
             palette[0] = colour
             continue
+        if key in _IGNORE_KEYS:
+            palette[IGNORE] = colour
+            continue
         label = voc_label(name)
         classes.append(VOC_CLASSES[label - 1] if label else name)
+        label_names.append(name)
         if len(classes) < 255:
             palette[len(classes)] = colour
     if len(classes) > 254:
         problems.append(Problem(file, None, f"{len(classes)} labels; at most 254 fit in 8-bit masks beside 0 and 255"))
     if not classes:
         problems.append(Problem(file, None, "no labels besides background"))
-    return LabelMap(classes, palette), problems
+    return LabelMap(classes, label_names, palette), problems
 
 
 def read_voc(root: Path, split: str | None) -> Listing:
     """List a VOC dataset's classes and images, with the tags its annotation XMLs give."""
     problems: list[Problem] = []
-    classes, palette = _voc_classes(root, problems)
+    labelmap = _read_labelmap(root, problems)
+    classes = labelmap.classes if labelmap else list(VOC_CLASSES)
     lookup = class_lookup(classes, name_key)
+    xml_spellings: dict[int, str] = {}  # label -> its name as the first XML naming it writes it
     synonyms = read_synonyms(root, classes, lookup, problems)
     images, masks, annotations = (by_stem(root / name) for name in (VOC_IMAGES, "SegmentationClass", "Annotations"))
     entries = _voc_entries(root, split, problems)
@@ -197,20 +212,23 @@ def read_voc(root: Path, split: str | None) -> Listing:
         entry.mask = one_file(entry, root, masks.get(entry.id, []))
         xml = one_file(entry, root, annotations.get(entry.id, []))
         if xml is not None:
-            entry.tags = _voc_tags(root, xml, classes, lookup, entry)
+            entry.tags = _voc_tags(root, xml, classes, lookup, entry, xml_spellings)
         if entry.tags is None and entry.mask is None:
             entry.problem(
                 f"image without tags: neither Annotations/{entry.id}.xml nor SegmentationClass/{entry.id}.png"
             )
-    return Listing(classes, entries, synonyms, problems, palette)
+    if labelmap:
+        return Listing(classes, entries, synonyms, problems, labelmap.palette, labelmap.label_names)
+    label_names = [xml_spellings.get(label, name) for label, name in enumerate(VOC_LABEL_NAMES, start=1)]
+    return Listing(classes, entries, synonyms, problems, label_names=label_names)
 
 
-def _voc_classes(root: Path, problems: list[Problem]) -> tuple[list[str], np.ndarray | None]:
+def _read_labelmap(root: Path, problems: list[Problem]) -> LabelMap | None:
     if not (root / "labelmap.txt").is_file():
-        return list(VOC_CLASSES), None
+        return None
     labelmap, labelmap_problems = parse_labelmap(read_lines(root, "labelmap.txt", problems) or [], "labelmap.txt")
     problems.extend(labelmap_problems)
-    return labelmap.classes, labelmap.palette
+    return labelmap
 
 
 def _voc_entries(root: Path, split: str | None, problems: list[Problem]) -> list[Entry]:
@@ -246,8 +264,11 @@ def _voc_entries(root: Path, split: str | None, problems: list[Problem]) -> list
     return sorted(entries.values(), key=lambda entry: (entry.listed_in, entry.line or 0))
 
 
-def _voc_tags(root: Path, xml: Path, classes: list[str], lookup: ClassLookup, entry: Entry) -> tuple[int, ...] | None:
-    """Labels of the XML's objects; None when it names none, so that the mask decides."""
+def _voc_tags(
+    root: Path, xml: Path, classes: list[str], lookup: ClassLookup, entry: Entry, spellings: dict[int, str]
+) -> tuple[int, ...] | None:
+    """Labels of the XML's objects; None when it names none, so that the mask decides. Adds to `spellings`
+    each label's name as written here, unless an earlier file wrote it first."""
     file = relative(root, xml)
     objects, problems = read_annotation_objects(xml, file)
     entry.problems.extend(problems)
@@ -260,4 +281,5 @@ def _voc_tags(root: Path, xml: Path, classes: list[str], lookup: ClassLookup, en
             )
         else:
             labels.add(label)
+            spellings.setdefault(label, obj.name)
     return tuple(sorted(labels)) if labels or problems else None

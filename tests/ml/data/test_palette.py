@@ -65,8 +65,14 @@ def test_colorize_uses_palette():
 
 
 def test_labelmap_txt_is_cvat_form():
-    lines = labelmap_txt(["cat", "dining table"]).splitlines()
-    assert lines == ["# label:color_rgb:parts:actions", "background:0,0,0::", "cat:128,0,0::", "dining table:0,128,0::"]
+    lines = labelmap_txt(["cat", "diningtable"]).splitlines()
+    assert lines == [
+        "# label:color_rgb:parts:actions",
+        "background:0,0,0::",
+        "cat:128,0,0::",
+        "diningtable:0,128,0::",
+        "ignored:224,224,192::",  # the colour of 255, which masks hold: an importer refuses an undeclared colour
+    ]
 
 
 def test_voc_classes_and_xml_spellings():

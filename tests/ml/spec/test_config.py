@@ -186,7 +186,7 @@ def test_prompt_choices_come_from_the_registry():
     [
         ([], "export.formats: expected at least 1 item"),
         (["cvat", "cvat"], "export.formats: lists a name more than once"),
-        (["coco"], f"export.formats[0]: choose one of {', '.join(registry.EXPORT_FORMATS)}, got 'coco'"),
+        (["cvat", "yolo"], f"export.formats[1]: choose one of {', '.join(registry.EXPORT_FORMATS)}, got 'yolo'"),
         ("cvat", "export.formats: expected a list"),
     ],
 )
@@ -197,7 +197,8 @@ def test_export_formats_are_checked(formats, phrase):
 
 
 def test_export_formats_resolve_to_a_tuple():
-    assert resolve_config("paper", {"export": {"formats": ["cvat"]}}).export.formats == ("cvat",)
+    formats = ["cvat", "coco", "index_png"]
+    assert resolve_config("paper", {"export": {"formats": formats}}).export.formats == tuple(formats)
 
 
 def test_unknown_preset_lists_available():

@@ -16,9 +16,9 @@ import pytest
 
 from ml.data import load_dataset
 from ml.data.images import read_mask
-from ml.reports import background_only_miou
 from ml.world.writer import make_world
 from pole.cli import main
+from tests.conftest import all_background_miou
 
 # The demo preset shortened to fit the default suite: a small world, every image trained on (pseudo
 # masks are for the images a user gives, no held-out split needed), one epoch of CLIP guidance.
@@ -44,7 +44,7 @@ def run_world(tmp_path: Path, images: int, seed: int, holdout: float, config: di
     cams = json.loads((out / "eval_cams" / "metrics.json").read_text())["miou"]
     masks = json.loads((out / "eval_masks" / "metrics.json").read_text())["miou"]
     dataset = load_dataset(world)
-    return background_only_miou((read_mask(r.mask) for r in dataset.images), dataset.classes), cams, masks
+    return all_background_miou((read_mask(r.mask) for r in dataset.images), dataset.classes), cams, masks
 
 
 def test_a_short_run_on_a_small_world_beats_all_background(tmp_path):

@@ -23,6 +23,7 @@ def test_manifest_read(tmp_path):
     dataset = read_dataset(root)
     assert dataset.layout == "manifest" and dataset.root == root
     assert dataset.classes == GOOD_MANIFEST_CLASSES and dataset.num_classes == 3
+    assert dataset.label_names == GOOD_MANIFEST_CLASSES  # the classes as written: exports name them so
     assert [(im.id, im.tags, im.split) for im in dataset.images] == [
         ("a", (1,), "train"),
         ("b", (2, 3), "train"),
@@ -202,3 +203,15 @@ def test_missing_image_in_an_empty_images_folder(tmp_path):
     with pytest.raises(DatasetError) as excinfo:
         read_dataset(root)
     assert problems_of(excinfo) == ["tags.csv:2: image file images/im0 not found (images/ is empty)"]
+
+
+def test_a_split_that_is_not_a_plain_name_is_refused(tmp_path):
+    root = write_manifest(
+        tmp_path / "ds", ["cat"], ["a.jpg,cat,../../etc", "b.jpg,cat,val-2"], {"a.jpg": (8, 6), "b.jpg": (8, 6)},
+        header="image,tags,split",
+    )  # fmt: skip
+    with pytest.raises(DatasetError) as excinfo:
+        read_dataset(root)
+    assert problems_of(excinfo) == [
+        "tags.csv:2: split '../../etc' is not a plain name; use letters, digits, '_', '.' and '-'"
+    ]

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from ml.data import DatasetError
-from ml.data.layouts.voc import VOC_CLASSES
-from ml.data.palette import VOC_PALETTE
+from ml.data.layouts.voc import VOC_CLASSES, VOC_LABEL_NAMES
+from ml.data.palette import IGNORE, VOC_PALETTE
 from ml.data.readers import read_dataset
 from tests.ml.data.builders import problems_of, voc_xml, write_image, write_voc
 
@@ -28,6 +28,8 @@ def test_voc_read_tags_from_xml_and_masks(tmp_path):
     )
     dataset = read_dataset(root)
     assert dataset.layout == "voc" and dataset.classes == list(VOC_CLASSES)
+    assert dataset.label_names == list(VOC_LABEL_NAMES)  # "diningtable" from the XML, VOC's "tvmonitor" unwritten
+    assert "diningtable" in VOC_LABEL_NAMES and "tvmonitor" in VOC_LABEL_NAMES and "pottedplant" in VOC_LABEL_NAMES
     tags = {im.id: im.tags for im in dataset.images}
     assert tags == {
         "2007_000001": tuple(sorted((voc_label("person"), voc_label("dining table")))),  # difficult counts
@@ -114,16 +116,49 @@ def test_cvat_export_with_labelmap_and_rgb_masks(tmp_path):
     mask = np.zeros((6, 8), np.uint8)
     mask[:3] = 1
     mask[3:, :4] = 2
-    colours = np.array([(0, 0, 0), (250, 50, 83), (36, 179, 83)], np.uint8)
+    mask[0] = 3  # painted in the labelmap's colour of the ignore label
+    colours = np.array([(0, 0, 0), (250, 50, 83), (36, 179, 83), (224, 224, 192)], np.uint8)
     write_image(root / "JPEGImages" / "frame_0.jpg", size=(8, 6))
     (root / "SegmentationClass").mkdir()
     Image.fromarray(colours[mask]).save(root / "SegmentationClass" / "frame_0.png")
     (root / "labelmap.txt").write_text(
         "# label:color_rgb:parts:actions\nbackground:0,0,0::\nkayak:250,50,83::\ndiningtable:36,179,83::\n"
+        "ignored:224,224,192::\n"
     )
     dataset = read_dataset(tmp_path / "VOCdevkit")
     assert dataset.classes == ["kayak", "dining table"]
+    assert dataset.label_names == ["kayak", "diningtable"]  # as the labelmap spells them
     assert [im.tags for im in dataset.images] == [(1, 2)]
+
+
+def test_label_names_follow_the_xml_spelling(tmp_path):
+    root = write_voc(
+        tmp_path / "voc",
+        images={"a": (8, 6), "b": (8, 6)},
+        annotations={"a": voc_xml("Dining Table", "tvmonitor"), "b": voc_xml("diningtable")},
+    )
+    dataset = read_dataset(root)
+    assert dataset.classes[voc_label("dining table") - 1] == "dining table"
+    assert dataset.label_names[voc_label("dining table") - 1] == "Dining Table"  # the first file's spelling
+    assert dataset.label_names[voc_label("tv monitor") - 1] == "tvmonitor"
+    assert dataset.label_names[voc_label("potted plant") - 1] == "pottedplant"  # named nowhere: VOC's own
+
+
+def test_an_ignore_entry_of_the_labelmap_is_label_255_not_a_class(tmp_path):
+    root = write_voc(tmp_path / "voc", images={"a": (8, 6)})
+    mask = np.zeros((6, 8), np.uint8)
+    mask[2:4, 2:4] = 1
+    mask[0] = IGNORE
+    colours = {0: (0, 0, 0), 1: (250, 50, 83), IGNORE: (10, 20, 30)}
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    for label, colour in colours.items():
+        rgb[mask == label] = colour
+    (root / "SegmentationClass").mkdir()
+    Image.fromarray(rgb).save(root / "SegmentationClass" / "a.png")
+    (root / "labelmap.txt").write_text("background:0,0,0::\nkayak:250,50,83::\nvoid:10,20,30::\n")
+    dataset = read_dataset(root)
+    assert dataset.classes == dataset.label_names == ["kayak"]
+    assert dataset.images[0].tags == (1,)
 
 
 def test_labelmap_problems(tmp_path):
