@@ -28,14 +28,20 @@ def clamp_similarity(s: torch.Tensor) -> torch.Tensor:
     return s.clamp(SIM_MIN, SIM_MAX)
 
 
+def pair_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean over (image, tag) pairs; 0 for a batch without any, whose images carry no tags
+    (a plain mean would be NaN and end the training)."""
+    return values.sum() / max(values.numel(), 1)
+
+
 def otm_loss(s_fg_text: torch.Tensor) -> torch.Tensor:
     """(P,) similarities of foreground images to their class prompts -> scalar."""
-    return -torch.log(clamp_similarity(s_fg_text)).mean()
+    return pair_mean(-torch.log(clamp_similarity(s_fg_text)))
 
 
 def btm_loss(s_bg_text: torch.Tensor) -> torch.Tensor:
     """(P,) similarities of background images to their class prompts -> scalar."""
-    return -torch.log(1 - clamp_similarity(s_bg_text)).mean()
+    return pair_mean(-torch.log(1 - clamp_similarity(s_bg_text)))
 
 
 def cbs_loss(s_fg_background: torch.Tensor, threshold: float = 0.26) -> torch.Tensor:

@@ -70,6 +70,16 @@ def test_pole_loss_combines_the_terms_with_their_weights():
     assert set(loss.terms()) == {"total", "otm", "btm", "cbs", "reg"}
 
 
+def test_a_batch_without_tags_trains_on_the_area_term_alone():
+    """Untagged images give no (image, tag) pairs: the pair terms are 0, not NaN, and the maps still learn."""
+    maps = torch.full((2, 3, 4, 4), 0.25, requires_grad=True)
+    no_pairs = torch.zeros(0, 2)
+    loss = pole_loss(no_pairs, no_pairs, no_pairs, torch.tensor([[0.0, 1.0]]), maps, LossWeights(reg=1.0))
+    assert (loss.otm.item(), loss.btm.item(), loss.cbs.item()) == (0.0, 0.0, 0.0)
+    loss.total.backward()
+    assert torch.isfinite(loss.total) and maps.grad.abs().sum() > 0
+
+
 def test_classification_loss_is_multilabel_soft_margin():
     logits = torch.tensor([[2.0, -1.0]])
     labels = torch.tensor([[1.0, 0.0]])
