@@ -1,48 +1,77 @@
-"""Deleting a dataset, decided in one statement so that it can never race a job being created on it."""
+"""Deleting a dataset, decided in one statement so that it can never race a job or a prediction run
+being created on it.
+
+A job's trained segmenter is what its prediction runs label images with, so deleting a dataset never
+removes a model quietly: without `cascade` any job refuses the delete (and the refusal counts the
+prediction runs on them); with it, the finished jobs go with their prediction runs, and a prediction
+run still queued or running refuses it, as a job still queued or running does.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import Select, delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from app.db import decide_serially, serializable
 from app.errors import ApiError
-from app.models import ACTIVE_STATES, Dataset, Job
+from app.models import ACTIVE_PREDICTION_STATES, ACTIVE_STATES, Dataset, Job, PredictionRun
 from app.settings import Settings
-from app.storage import dataset_dir, job_dir, remove_path
+from app.storage import dataset_dir, job_dir, prediction_dir, remove_path
 
 
 def remove_dataset(session: Session, settings: Settings, dataset: Dataset, *, cascade: bool) -> None:
     """Delete the dataset with its images and files. Without `cascade` it is refused (409) while the
     dataset has any job, so that no results are lost unasked; with it, its finished jobs go too, with
-    their rows and run folders. A job still queued or running refuses it either way."""
+    their rows, run folders and prediction runs. A job or prediction run still queued or running refuses
+    it either way."""
     # Read before the transaction below starts: it expires the row.
     dataset_id, path = dataset.id, dataset.path
-    job_ids = decide_serially(session, lambda _attempt: _delete_rows(session, dataset_id, cascade))
-    for folder in [dataset_dir(settings, path), *(job_dir(settings, j) for j in job_ids)]:
+    job_ids, prediction_ids = decide_serially(session, lambda _attempt: _delete_rows(session, dataset_id, cascade))
+    folders = [
+        dataset_dir(settings, path),
+        *(job_dir(settings, j) for j in job_ids),
+        *(prediction_dir(settings, p) for p in prediction_ids),
+    ]
+    for folder in folders:
         remove_path(folder)
 
 
-def _delete_rows(session: Session, dataset_id: str, cascade: bool) -> list[str]:
-    """Delete the dataset's row (its images, and with `cascade` its finished jobs, follow by the foreign
-    keys' ON DELETE CASCADE); returns the ids of the jobs deleted with it.
+def _delete_rows(session: Session, dataset_id: str, cascade: bool) -> tuple[list[str], list[str]]:
+    """Delete the dataset's row (its images, and with `cascade` its finished jobs and their prediction
+    runs, follow by the foreign keys' ON DELETE CASCADE); returns the ids of the jobs and prediction runs
+    deleted with it.
 
-    The check and the delete are one statement in a serializable transaction: a job created at the
-    same moment either commits first (the delete then finds it and refuses with 409) or finds the
-    dataset gone (POST /v1/jobs refuses with 409). On PostgreSQL one of two conflicting transactions
-    may abort with a serialization failure instead, which `decide_serially` retries.
+    The check and the delete are one statement in a serializable transaction: a job or prediction run
+    created at the same moment either commits first (the delete then finds it and refuses with 409) or
+    finds the dataset or job gone (its POST refuses with 409). On PostgreSQL one of two conflicting
+    transactions may abort with a serialization failure instead, which `decide_serially` retries.
     """
     serializable(session)
     job_ids = list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id)))
+    prediction_ids = list(session.scalars(_predictions_of(dataset_id, select(PredictionRun.id))))
     blocking_job = Job.dataset_id == Dataset.id
     if cascade:
         blocking_job &= Job.state.in_(ACTIVE_STATES)
-    deleted = session.execute(delete(Dataset).where(Dataset.id == dataset_id, ~exists().where(blocking_job))).rowcount
+    active_prediction = (
+        (Job.dataset_id == Dataset.id)
+        & (PredictionRun.job_id == Job.id)
+        & PredictionRun.state.in_(ACTIVE_PREDICTION_STATES)
+    )
+    deleted = session.execute(
+        delete(Dataset).where(
+            Dataset.id == dataset_id, ~exists().where(blocking_job), ~exists().where(active_prediction)
+        )
+    ).rowcount
     if deleted != 1:
         session.rollback()
         raise _refusal(session, dataset_id, cascade)
     session.commit()
-    return job_ids
+    return job_ids, prediction_ids
+
+
+def _predictions_of(dataset_id: str, query: Select) -> Select:
+    """`query` narrowed to the prediction runs of the dataset's jobs."""
+    return query.join(Job, PredictionRun.job_id == Job.id).where(Job.dataset_id == dataset_id)
 
 
 def _refusal(session: Session, dataset_id: str, cascade: bool) -> ApiError:
@@ -50,10 +79,28 @@ def _refusal(session: Session, dataset_id: str, cascade: bool) -> ApiError:
         return ApiError(404, f"no dataset {dataset_id!r}; GET /v1/datasets lists yours")
     job_count = session.scalar(select(func.count(Job.id)).where(Job.dataset_id == dataset_id))
     active = list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id, Job.state.in_(ACTIVE_STATES))))
+    prediction_count = session.scalar(_predictions_of(dataset_id, select(func.count(PredictionRun.id))))
+    labelling = list(
+        session.scalars(
+            _predictions_of(dataset_id, select(PredictionRun.id)).where(
+                PredictionRun.state.in_(ACTIVE_PREDICTION_STATES)
+            )
+        )
+    )
+    in_use = []
     if active:
-        jobs = ", ".join(active)
-        in_use = f"dataset is in use by queued or running job(s) {jobs}; cancel them or wait until they end"
+        in_use.append(f"queued or running job(s) {', '.join(active)}; cancel them or wait until they end")
+    if labelling:
+        in_use.append(
+            f"prediction run(s) {', '.join(labelling)} still labelling images with its jobs' segmenters; "
+            "wait until they end"
+        )
+    results = "and their results"
+    if prediction_count:
+        results += f", with the {prediction_count} prediction run(s) made with their segmenters,"
+    if in_use:
+        refusal = f"dataset is in use by {'; and by '.join(in_use)}"
         if cascade:
-            return ApiError(409, in_use)
-        return ApiError(409, f"{in_use}, then add ?cascade=true to delete its {job_count} job(s) and their results too")
-    return ApiError(409, f"dataset has {job_count} job(s); add ?cascade=true to delete them and their results too")
+            return ApiError(409, refusal)
+        return ApiError(409, f"{refusal}, then add ?cascade=true to delete its {job_count} job(s) {results} too")
+    return ApiError(409, f"dataset has {job_count} job(s); add ?cascade=true to delete them {results} too")

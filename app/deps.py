@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import ApiError
-from app.models import ApiKey, Dataset, Job
+from app.models import ApiKey, Dataset, Job, PredictionRun
 from app.security import find_active_key
 from app.settings import Settings
 
@@ -83,6 +83,21 @@ def owned_job(session: Session, key: ApiKey, job_id: str) -> Job:
 
 OwnedDataset = Annotated[Dataset, Depends(get_owned_dataset)]
 OwnedJob = Annotated[Job, Depends(get_owned_job)]
+
+
+def get_owned_prediction(prediction_id: str, job: OwnedJob, key: CurrentKey, session: SessionDep) -> PredictionRun:
+    query = select(PredictionRun).where(
+        PredictionRun.id == prediction_id, PredictionRun.job_id == job.id, PredictionRun.owner_id == key.id
+    )
+    run = session.scalar(query)
+    if run is None:
+        raise ApiError(
+            404, f"no prediction run {prediction_id!r} of this job; GET /v1/jobs/{job.id}/predictions lists them"
+        )
+    return run
+
+
+OwnedPrediction = Annotated[PredictionRun, Depends(get_owned_prediction)]
 
 
 def page_params(

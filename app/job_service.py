@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.db import decide_serially, serializable
 from app.errors import ApiError
 from app.live_workers import live_workers_held_weights
-from app.models import ApiKey, Dataset, Job, JobState, utcnow
+from app.models import ApiKey, Dataset, Job, JobState, StageMetrics, utcnow
 from app.queue import send_run_job
 from app.schemas import JobCreate, JobOut, StageMetricsOut, StageOut
 from app.settings import Settings
@@ -146,6 +146,14 @@ def _check_server_limits(config, settings: Settings) -> None:
         ),
         ("train_irn.crop_size", config.train_irn.crop_size, settings.max_crop_size, "POLE_MAX_CROP_SIZE"),
     ]
+    # Only for a job that trains the segmenter: its defaults are DeepLab's long schedule, off or not.
+    if config.train_seg.enabled:
+        seg = config.train_seg
+        limits += [
+            ("train_seg.epochs", seg.epochs, settings.max_epochs, "POLE_MAX_EPOCHS"),
+            ("train_seg.batch_size", seg.batch_size, settings.max_batch_size, "POLE_MAX_BATCH_SIZE"),
+            ("train_seg.augment.crop_size", seg.augment.crop_size, settings.max_crop_size, "POLE_MAX_CROP_SIZE"),
+        ]
     over = [f"{key}={value} (limit {limit}, {env})" for key, value, limit, env in limits if value > limit]
     if over:
         raise ApiError(422, f"config exceeds this server's limits: {'; '.join(over)}; lower them or ask the operator")
@@ -153,7 +161,7 @@ def _check_server_limits(config, settings: Settings) -> None:
 
 def _refuse_weight_files(models: dict) -> None:
     """A client may name weight tags, not files: a path would make workers open files on their own disks."""
-    for key in ("clip_pretrained", "cam_weights", "irn_weights"):
+    for key in ("clip_pretrained", "cam_weights", "irn_weights", "seg_weights"):
         value = str(models[key])
         if "/" in value or "\\" in value or value.startswith(("~", ".")) or value.endswith(WEIGHT_FILE_SUFFIXES):
             raise ApiError(
@@ -227,7 +235,9 @@ def job_out(job: Job) -> JobOut:
         "warnings": job.warnings or [],
         "links": {
             "self": base,
-            **{name: f"{base}/{name}" for name in ("cancel", "archive", "selections", "metrics")},
+            **{name: f"{base}/{name}" for name in ("cancel", "archive", "selections", "metrics", "predictions")},
+            # The trained segmenter, once train_seg has recorded its checkpoint.
+            **({"model": f"{base}/model"} if "train_seg" in (job.checkpoints or {}) else {}),
         },
     }
     columns = {name: getattr(job, name) for name in JobOut.model_fields if name not in derived}
@@ -235,8 +245,16 @@ def job_out(job: Job) -> JobOut:
 
 
 def stage_metrics_out(job: Job) -> dict[str, StageMetricsOut]:
-    return {
-        m.stage: StageMetricsOut(miou=m.miou, threshold=m.threshold, per_class_iou=m.per_class_iou)
-        for m in job.metrics
-        if m.miou is not None
-    }
+    return {m.stage: _stage_metrics(m) for m in job.metrics if m.miou is not None}
+
+
+def _stage_metrics(metrics: StageMetrics) -> StageMetricsOut:
+    data = metrics.data or {}
+    return StageMetricsOut(
+        miou=metrics.miou,
+        threshold=metrics.threshold,
+        per_class_iou=metrics.per_class_iou,
+        background_only_miou=data.get("background_only_miou"),
+        splits={name: {"miou": s["miou"], "images": s["images"]} for name, s in data.get("splits", {}).items()},
+        held_out_splits=data.get("held_out_splits", []),
+    )

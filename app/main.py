@@ -16,7 +16,7 @@ from app.db import create_db_engine, make_sessionmaker
 from app.errors import install_error_handlers
 from app.openapi import install_openapi
 from app.queue import create_celery
-from app.routes import datasets, health, jobs, results
+from app.routes import datasets, health, jobs, predictions, results
 from app.settings import Settings
 from app.stale_uploads import stale_upload_sweeps
 from ml.spec import __version__
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(engine)
     app.state.celery = create_celery(settings)
     install_error_handlers(app)
-    for module in (health, datasets, jobs, results):
+    for module in (health, datasets, jobs, results, predictions):
         app.include_router(module.router)
     install_openapi(app)
     return app

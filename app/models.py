@@ -1,5 +1,5 @@
-"""The tables. Owned by the service: the API writes datasets and jobs, the worker writes job progress
-and results. Never returned to clients as they are (see schemas.py)."""
+"""The tables. Owned by the service: the API writes datasets, jobs and prediction runs, the worker
+writes their progress and results. Never returned to clients as they are (see schemas.py)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,10 @@ class JobState(StrEnum):
 
 ACTIVE_STATES = (JobState.queued, JobState.running, JobState.cancelling)
 FINAL_STATES = (JobState.cancelled, JobState.succeeded, JobState.failed)
+# A prediction run is claimed, leased and requeued as a job is (worker.lease, worker.reaper), with the
+# states of a job that cannot be cancelled.
+PREDICTION_STATES = (JobState.queued, JobState.running, JobState.succeeded, JobState.failed)
+ACTIVE_PREDICTION_STATES = (JobState.queued, JobState.running)
 
 
 class Base(DeclarativeBase):
@@ -232,6 +236,50 @@ class StageMetrics(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # the stage's whole metrics.json
 
     __table_args__ = (UniqueConstraint("job_id", "stage"),)
+
+
+class PredictionRun(Base):
+    """New images labelled by a succeeded job's trained segmenter (train_seg), on a worker.
+
+    Its files (the uploaded images, masks, overlays, archives) are in its own folder of the data
+    directory (app.storage.prediction_dir); the job's run directory is only read."""
+
+    __tablename__ = "prediction_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    # The job whose segmenter labels the images; deleting the job (a dataset's cascade) deletes its runs.
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))  # the uploaded file's name
+    # image id (the file's stem) -> the file, relative to the run's inputs folder. Deferred: a run's
+    # state is polled, and an upload may hold tens of thousands of images.
+    images: Mapped[dict[str, str]] = mapped_column(JsonColumn, deferred=True)
+    image_count: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.queued)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease: Mapped[str | None] = mapped_column(String(32))  # as a job's: the attempt that may write
+    worker: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    # file (as `images` names it, or as uploaded when it got no id) -> why it was not labelled
+    failed_images: Mapped[dict[str, str]] = mapped_column(JsonColumn, default=dict)
+    # The segmenter's label names (label k is label_names[k - 1]), for archives; set when the run succeeds.
+    label_names: Mapped[list[str] | None] = mapped_column(JsonColumn)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    job: Mapped[Job] = relationship()
+
+    __table_args__ = (
+        Index("ix_prediction_runs_job_created", "job_id", "created_at", "id"),
+        # The reaper's scan, as for jobs.
+        Index("ix_prediction_runs_state_heartbeat", "state", "heartbeat_at"),
+        CheckConstraint(f"state IN ({', '.join(repr(s.value) for s in PREDICTION_STATES)})", name="state"),
+    )
 
 
 class Worker(Base):

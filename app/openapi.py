@@ -3,8 +3,8 @@
 FastAPI's generated document advertises its own list-of-errors body for 422 (app.errors answers
 `{"detail": ...}`) and nothing for the refusals raised as ApiError. Routes declare the statuses only
 they raise with `error_responses(...)`; what an operation's inputs imply is added here, so that no
-route can forget it: an API key (401 when missing or revoked), a dataset or job id in the path (404
-for ids that are not yours), path or query parameters (400 for a NUL character in them, or a forged
+route can forget it: an API key (401 when missing or revoked), a dataset, job or prediction run id in
+the path (404 for ids that are not yours), path or query parameters (400 for a NUL character in them, or a forged
 page cursor), a request body (400 when it does not parse), and the 500 any operation may answer.
 """
 
@@ -19,17 +19,18 @@ from app.schemas import ErrorOut
 ERROR_STATUSES = {
     400: "the request cannot be read: a NUL character in the URL, a body that does not parse, a forged cursor",
     401: "the API key is missing, invalid or revoked",
-    404: "no such dataset, job, image or export format among yours (another key's are never shown)",
-    409: "the dataset or job is in a state that refuses this; `detail` says which",
+    404: "no such dataset, job, prediction run, image or export format among yours (another key's are never shown)",
+    409: "the dataset, job or prediction run is in a state that refuses this; `detail` says which",
     410: "the file is gone from the server's data directory",
     413: "the upload is larger than the server's limit",
     415: "the upload is not multipart/form-data",
-    422: "the request, its config or the uploaded dataset is invalid; `detail` says what to fix",
+    422: "the request, its config or the uploaded dataset or images are invalid; `detail` says what to fix",
     500: "an unexpected error; `detail` names the incident to look up in the server log",
     503: "the job queue cannot be reached; nothing was created",
 }
 
-OWNED_ID_PARAMETERS = {("path", "dataset_id"), ("path", "job_id")}  # resolved by app.deps among the key's own
+# Resolved by app.deps among the key's own.
+OWNED_ID_PARAMETERS = {("path", "dataset_id"), ("path", "job_id"), ("path", "prediction_id")}
 
 ERROR_REF = {"$ref": f"#/components/schemas/{ErrorOut.__name__}"}
 

@@ -17,6 +17,9 @@ from app.settings import Settings
 
 RUN_JOB = "pole.run_job"
 BUILD_ARCHIVE = "pole.build_archive"
+BUILD_ONNX_MODEL = "pole.build_onnx_model"
+RUN_PREDICTION = "pole.run_prediction"
+BUILD_PREDICTION_ARCHIVE = "pole.build_prediction_archive"
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -48,6 +51,23 @@ def send_build_archive(celery: Celery, job_id: str, export_format: str) -> None:
     """Enqueue the build of a succeeded job's archive in a format it did not export; raises kombu's
     OperationalError when the broker cannot be reached."""
     _send(celery, BUILD_ARCHIVE, {"job_id": job_id, "export_format": export_format})
+
+
+def send_build_onnx_model(celery: Celery, job_id: str) -> None:
+    """Enqueue the ONNX export of a succeeded job's segmenter; raises kombu's OperationalError when the
+    broker cannot be reached."""
+    _send(celery, BUILD_ONNX_MODEL, {"job_id": job_id})
+
+
+def send_run_prediction(celery: Celery, prediction_id: str, lease: str | None = None) -> None:
+    """Enqueue a prediction run; raises kombu's OperationalError when the broker cannot be reached."""
+    _send(celery, RUN_PREDICTION, {"prediction_id": prediction_id, "lease": lease})
+
+
+def send_build_prediction_archive(celery: Celery, prediction_id: str, export_format: str) -> None:
+    """Enqueue the build of a succeeded prediction run's archive in a format it did not write; raises
+    kombu's OperationalError when the broker cannot be reached."""
+    _send(celery, BUILD_PREDICTION_ARCHIVE, {"prediction_id": prediction_id, "export_format": export_format})
 
 
 def _send(celery: Celery, task: str, kwargs: dict) -> None:

@@ -76,10 +76,24 @@ class StageOut(BaseModel):
     finished_at: datetime | None
 
 
+class SplitMetricsOut(BaseModel):
+    miou: float | None
+    images: int
+
+
 class StageMetricsOut(BaseModel):
     miou: float | None
     threshold: float | None
     per_class_iou: dict[str, Any]
+    background_only_miou: float | None = Field(
+        None, description="the same images scored as all background: the floor the maps or masks must beat"
+    )
+    splits: dict[str, SplitMetricsOut] = Field(
+        default_factory=dict, description="per dataset split, when there are several (eval_seg: see held_out_splits)"
+    )
+    held_out_splits: list[str] = Field(
+        default_factory=list, description="eval_seg: the splits the segmenter did not train on"
+    )
 
 
 class RunWarningOut(BaseModel):
@@ -143,13 +157,35 @@ class MetricsOut(BaseModel):
     stages: dict[str, StageMetricsOut]
 
 
+class PredictionOut(BaseModel):
+    id: str
+    job_id: str = Field(description="the job whose trained segmenter labels the images")
+    name: str = Field(description="the uploaded file's name")
+    state: str = Field(description="queued, running, succeeded or failed")
+    progress: float
+    message: str | None
+    error: str | None
+    attempts: int
+    image_count: int = Field(description="images named in the upload; each image's id is its file's stem")
+    failed_images: dict[str, str] = Field(
+        description="file (as named in the upload) -> why it was not labelled: unreadable, over the pixel "
+        "limit, not an image, or its id taken by another file"
+    )
+    classes: list[str] = Field(description="label k of a mask is classes[k - 1]; 0 is background")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    links: dict[str, str]
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
 
 
 class ArchivePendingOut(BaseModel):
-    """An archive a worker is building: ask again after the Retry-After header's seconds."""
+    """A file a worker is building (an archive, an ONNX model): ask again after the Retry-After header's seconds."""
 
     detail: str
 
@@ -171,6 +207,7 @@ class ErrorOut(BaseModel):
     # Only dataset refusals carry the list, so it is left out of the body (not null) everywhere else.
     problems: list[ProblemOut] | SkipJsonSchema[None] = Field(
         default=None,
-        description="every problem found in an uploaded dataset (422 on POST /v1/datasets)",
+        description="every problem found in an uploaded dataset (422 on POST /v1/datasets), or with each "
+        "uploaded image when none can be labelled (422 on POST /v1/jobs/{job_id}/predictions)",
         json_schema_extra=lambda schema: schema.pop("default"),  # an absent key, not a null default
     )

@@ -21,7 +21,7 @@ GiB = 1 << 30
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POLE_", extra="ignore")
 
-    # Datasets, job run directories, the SQLite file and the embedded broker's queue live here.
+    # Datasets, job run directories, prediction runs, the SQLite file and the embedded broker's queue live here.
     data_dir: Path = Path("data")
     # Empty: a SQLite file in data_dir (WAL). postgres:// and postgresql:// get the psycopg driver.
     database_url: str = ""
@@ -146,12 +146,16 @@ class Settings(BaseSettings):
         return self.data_dir / "jobs"
 
     @property
+    def predictions_dir(self) -> Path:
+        return self.data_dir / "predictions"
+
+    @property
     def uploads_dir(self) -> Path:
         # Incoming bodies and half-validated extractions; never read by anything else.
         return self.data_dir / "uploads"
 
     def make_dirs(self) -> None:
-        for path in (self.data_dir, self.datasets_dir, self.jobs_dir, self.uploads_dir):
+        for path in (self.data_dir, self.datasets_dir, self.jobs_dir, self.predictions_dir, self.uploads_dir):
             path.mkdir(parents=True, exist_ok=True)
         if self.embedded_broker:
             for key in ("data_folder_in", "control_folder"):

@@ -3,6 +3,7 @@
     <data dir>/uploads/   request bodies being received and archives being validated (transient)
     <data dir>/datasets/<dataset id>/   an accepted dataset, extracted
     <data dir>/jobs/<job id>/           the job's run directory (its files: ml.spec.layout)
+    <data dir>/predictions/<run id>/    a prediction run's folder (its files: ml.spec.layout.PredictionLayout)
 
 Rows store paths relative to the data directory, so workers may mount it elsewhere.
 """
@@ -19,7 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from app.errors import ApiError
 from app.settings import Settings
 from app.stale_uploads import UPLOADS_IN_PROGRESS
-from ml.spec.layout import RunLayout
+from ml.spec.layout import PredictionLayout, RunLayout
 
 MULTIPART_OVERHEAD = 64 << 10  # boundaries and part headers around the file itself
 
@@ -34,6 +35,14 @@ def dataset_dir(settings: Settings, relative: str) -> Path:
 
 def run_layout(settings: Settings, job_id: str) -> RunLayout:
     return RunLayout(job_dir(settings, job_id))
+
+
+def prediction_dir(settings: Settings, prediction_id: str) -> Path:
+    return settings.predictions_dir / prediction_id
+
+
+def prediction_layout(settings: Settings, prediction_id: str) -> PredictionLayout:
+    return PredictionLayout(prediction_dir(settings, prediction_id))
 
 
 def remove_path(path: Path) -> None:
@@ -57,15 +66,18 @@ def upload_done(path: Path) -> None:
     UPLOADS_IN_PROGRESS.discard(path)
 
 
-async def receive_file(request: Request, dest: Path, max_bytes: int, field: str = "file") -> str:
+async def receive_file(
+    request: Request, dest: Path, max_bytes: int, field: str = "file", what: str = "the dataset .zip"
+) -> str:
     """Stream the multipart field `field` of the request body into `dest`; returns the client's file name.
 
     Bytes are counted as they arrive and the transfer is refused (413) as soon as the file passes
-    `max_bytes`, so an oversized body never fills the disk. `dest` is removed on any refusal.
+    `max_bytes`, so an oversized body never fills the disk. `dest` is removed on any refusal. `what`
+    names the file expected, in the refusals.
     """
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
-        raise ApiError(415, f"send the dataset as multipart/form-data with the .zip in the field {field!r}")
+        raise ApiError(415, f"send {what} as multipart/form-data in the field {field!r}")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
         raise ApiError(413, _too_large(max_bytes))
@@ -82,17 +94,17 @@ async def receive_file(request: Request, dest: Path, max_bytes: int, field: str 
     except Exception as err:  # the multipart parser's own errors, plus a client that hung up mid-body
         receiver.close()
         remove_path(dest)
-        raise ApiError(400, f"could not read the multipart body ({err}); send the .zip as the field {field!r}") from err
+        raise ApiError(400, f"could not read the multipart body ({err}); send {what} as the field {field!r}") from err
     receiver.close()
     if receiver.filename is None:
         remove_path(dest)
-        raise ApiError(422, f"no file in the multipart field {field!r}; send the dataset .zip there")
+        raise ApiError(422, f"no file in the multipart field {field!r}; send {what} there")
     return receiver.filename
 
 
 def _too_large(max_bytes: int) -> str:
     return (
-        f"upload is larger than the limit of {max_bytes} bytes; split the dataset "
+        f"upload is larger than the limit of {max_bytes} bytes; split it into smaller uploads "
         "or raise POLE_MAX_UPLOAD_BYTES on the server"
     )
 

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from ml.cams import multiscale_cams, scaled_size, stride4_size
 from ml.loaders import images_to_tensor01
 from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import CamNet
-from ml.stages.make_cams import fold_batchnorm, multiscale_cams, scaled_size, stride4_size
+from ml.stages.make_cams import fold_batchnorm
 
 
 def one_pass_at_a_time(net: CamNet, image: np.ndarray, keys, scales) -> tuple[torch.Tensor, torch.Tensor]:

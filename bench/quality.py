@@ -1,4 +1,4 @@
-"""Quality in the sample world: mIoU of CAMs and of refined masks per method, on the held-out split.
+"""Quality in the sample world: mIoU of CAMs, refined masks and the segmenter trained on them, per method.
 
     .venv/bin/python bench/quality.py [--n 600 --world-seed 1 --seeds 0 1 2 --jobs 2 --out bench-output/quality]
 
@@ -11,6 +11,11 @@ frozen CAM backbone, training on the world's "train" split) with one change to t
   coop            prompt coop (learned context), adaptor none
 (`--methods` also knows defo and target.) Inference and evaluation cover every image; the table
 reports the "val" split, which no training stage sees.
+
+Each run also trains the preset's segmenter on its masks (train_seg, scored by eval_seg); per seed,
+the same segmenter trained on the ground-truth masks of the same training images gives the fully
+supervised figure the table compares them with (in a run directory whose stages before train_seg
+count as done, with the ground truth where the final masks would be).
 
 Work is shared where it is identical: for a seed, train_cam (and select_prompts, for the methods
 that select words) runs once and its finished directory is copied into the other runs, so their
@@ -35,7 +40,7 @@ from pathlib import Path
 
 from ml.spec.config import PipelineConfig, config_to_dict, resolve_config
 from ml.spec.layout import RunLayout
-from ml.spec.registry import stages_for
+from ml.spec.registry import final_masks_stage, stages_for
 
 PRESET = "demo"
 CLIMS_LOSS = {"otm": 10.0, "btm": 24.0, "cbs": 1.0, "reg": 0.2}
@@ -51,6 +56,7 @@ METHODS: dict[str, dict] = {
 DEFAULT_METHODS = ("baseline", "clims", "pole", "pole+adaptors", "coop")
 SHARED_STAGES = ("train_cam", "select_prompts")  # they run before train_pole, so its settings cannot change them
 SPLIT = "val"
+GROUND_TRUTH = "ground_truth"  # the run directory, per seed, of the segmenter trained on the ground truth
 README_MARKERS = ("<!-- bench/quality.py: start -->", "<!-- bench/quality.py: end -->")
 
 
@@ -60,6 +66,28 @@ def method_config(method: str, seed: int, extra: dict) -> PipelineConfig:
 
 def run_dir(out: Path, seed: int, method: str) -> Path:
     return out / f"seed{seed}" / method.replace("+", "_")
+
+
+def ground_truth_config(seed: int, extra: dict) -> PipelineConfig:
+    """The preset's config: only its train_seg and models sections matter to a ground-truth run."""
+    return resolve_config(PRESET, extra, {"seed": seed})
+
+
+def prepare_ground_truth_run(world: Path, run: Path, config: PipelineConfig) -> None:
+    """A run directory whose stages before train_seg count as done, with the ground-truth masks of the
+    training images where the final masks would be: its pipeline trains the segmenter on them."""
+    from ml.data import load_dataset
+    from ml.data.images import read_mask
+    from ml.data.palette import save_mask_png
+    from ml.runtime import write_json
+
+    layout = RunLayout(run)
+    names = stages_for(config)
+    for stage in names[: names.index("train_seg")]:
+        layout.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+    for record in load_dataset(world).split(config.train_split):
+        save_mask_png(read_mask(record.mask), layout.mask(final_masks_stage(config), record.id))
+    write_json(layout.preflight, {"warnings": []})
 
 
 def run_one(world: str, out: str, config: dict, threads: int, until: str | None = None) -> dict:
@@ -162,17 +190,31 @@ def mean_spread(values: list[float]) -> dict:
 
 def markdown(results: dict) -> str:
     seeds = ", ".join(str(s) for s in results["seeds"])
+    supervised = results.get("ground_truth_segmenter")
+    kinds = ["cam", "mask", "cam_best_threshold"]
+    header = f"| method | CAM (threshold {results['cam_threshold']}) | mask (IRNet random walk) "
+    header += "| CAM at its best threshold (peeks at the GT) |"
+    if supervised:
+        kinds.append("segmenter")
+        header += " segmenter trained on the masks | its share of the fully supervised one |"
     lines = [
         f"mIoU (%) on the held-out `{SPLIT}` split ({results['world']['splits'][SPLIT]} images), "
         f"mean ± standard deviation over seeds {seeds}:",
         "",
-        f"| method | CAM (threshold {results['cam_threshold']}) | mask (IRNet random walk) "
-        "| CAM at its best threshold (peeks at the GT) |",
-        "|---|---|---|---|",
+        header,
+        "|---" * header.count(" |") + "|",
     ]
     for name, method in results["methods"].items():
-        cells = [f"{method[k]['mean']:.1f} ± {method[k]['std']:.1f}" for k in ("cam", "mask", "cam_best_threshold")]
+        cells = [f"{method[k]['mean']:.1f} ± {method[k]['std']:.1f}" for k in kinds]
+        if supervised:
+            cells.append(f"{100 * method['segmenter']['mean'] / supervised['mean']:.0f}%")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if supervised:
+        lines += [
+            "",
+            f"The segmenter ({results['segmenter']}) trained on the ground-truth masks of the same training "
+            f"images, the fully supervised upper bound: {supervised['mean']:.1f} ± {supervised['std']:.1f}.",
+        ]
     shares = results.get("chosen_words", {})
     if shares:
         lines += [
@@ -195,14 +237,33 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("bench-output/quality"), help="world and run directories")
-    parser.add_argument("--results", type=Path, default=Path("bench/results"), help="where quality.json/.md go")
+def add_world_arguments(parser: argparse.ArgumentParser) -> None:
+    """--n, --size and --world-seed: the sample world the benchmark runs in."""
     parser.add_argument("--n", type=int, default=600, help="world images (20%% held out)")
     parser.add_argument("--size", type=int, default=96, help="image side in pixels")
     # Not the demo's world seed 0, on whose train split the demo preset's thresholds were chosen.
     parser.add_argument("--world-seed", type=int, default=1)
+
+
+def sample_world(world: Path, args: argparse.Namespace) -> dict | None:
+    """The world of `add_world_arguments` in `world`, made there once; its world.json, or None (and a
+    message) when `world` holds another world."""
+    from ml.world.writer import make_world
+
+    if not (world / "world.json").is_file():
+        make_world(world, args.n, seed=args.world_seed, size=args.size)
+    world_info = json.loads((world / "world.json").read_text())
+    if (world_info["images"], world_info["size"], world_info["seed"]) != (args.n, args.size, args.world_seed):
+        print(f"error: {world} holds another world; use a new --out", file=sys.stderr)
+        return None
+    return world_info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-output/quality"), help="world and run directories")
+    parser.add_argument("--results", type=Path, default=Path("bench/results"), help="where quality.json/.md go")
+    add_world_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
     parser.add_argument("--readme", type=Path, help="also write the table between this file's markers (README.md)")
@@ -212,18 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     command = ".venv/bin/python bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     from ml.reports import word_shares
-    from ml.world.writer import make_world
 
     # Idle OpenMP threads sleep instead of spinning: the runs share the cores (the `pole` command does the same).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.monotonic()
     extra = json.loads(args.config.read_text()) if args.config else {}
     world = args.out / "world"
-    if not (world / "world.json").is_file():
-        make_world(world, args.n, seed=args.world_seed, size=args.size)
-    world_info = json.loads((world / "world.json").read_text())
-    if (world_info["images"], world_info["size"], world_info["seed"]) != (args.n, args.size, args.world_seed):
-        print(f"error: {world} holds another world; use a new --out", file=sys.stderr)
+    world_info = sample_world(world, args)
+    if world_info is None:
         return 2
     configs = {(s, m): method_config(m, s, extra) for s in args.seeds for m in args.methods}
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -247,15 +304,24 @@ def main(argv: list[str] | None = None) -> int:
             key: pool.submit(run_one, str(world), str(run_dir(args.out, *key)), config_to_dict(config), threads)
             for key, config in configs.items()
         }
+        segmenter = configs[args.seeds[0], args.methods[0]].train_seg.enabled
+        for seed in args.seeds if segmenter else ():
+            run, config = run_dir(args.out, seed, GROUND_TRUTH), ground_truth_config(seed, extra)
+            if not RunLayout(run).stage_done("eval_seg"):
+                prepare_ground_truth_run(world, run, config)
+            futures[seed, GROUND_TRUTH] = pool.submit(
+                run_one, str(world), str(run), config_to_dict(config), threads, "eval_seg"
+            )
         timings = {}
         for (seed, method), future in futures.items():
             timings[f"seed{seed}/{method}"] = future.result()
             run = run_dir(args.out, seed, method)
-            print(
-                f"seed {seed} {method}: CAM {100 * split_scores(run, 'eval_cams')['miou']:.1f}  "
-                f"mask {100 * split_scores(run, 'eval_masks')['miou']:.1f}",
-                flush=True,
-            )
+            scores = [("segmenter", "eval_seg")] if segmenter else []
+            if method != GROUND_TRUTH:
+                scores = [("CAM", "eval_cams"), ("mask", "eval_masks"), *scores]
+            shown = "  ".join(f"{label} {100 * split_scores(run, stage)['miou']:.1f}" for label, stage in scores)
+            print(f"seed {seed} {method}: {shown}", flush=True)
+    models = configs[args.seeds[0], args.methods[0]].models
     results = {
         "preset": PRESET,
         "overrides": extra,
@@ -263,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "split": SPLIT,
         "cam_threshold": configs[args.seeds[0], args.methods[0]].eval.cam_bg_threshold,
+        "segmenter": f"{models.seg_arch}, {models.seg_weights} backbone weights" if segmenter else None,
         "methods": {},
         "chosen_words": {},
         "stage_seconds": timings,
@@ -277,18 +344,23 @@ def main(argv: list[str] | None = None) -> int:
                 "cam": split_scores(run, "eval_cams"),
                 "cam_best_threshold": best_threshold(run, world),
                 "mask": split_scores(run, "eval_masks"),
+                **({"segmenter": split_scores(run, "eval_seg")} if segmenter else {}),
             }
         results["methods"][method] = {
             "train_pole": METHODS[method],
-            "cam": mean_spread([r["cam"]["miou"] for r in per_seed.values()]),
-            "cam_best_threshold": mean_spread([r["cam_best_threshold"]["miou"] for r in per_seed.values()]),
-            "mask": mean_spread([r["mask"]["miou"] for r in per_seed.values()]),
+            **{kind: mean_spread([r[kind]["miou"] for r in per_seed.values()]) for kind in per_seed[args.seeds[0]]},
             "per_seed": per_seed,
         }
         rows = [] if results["chosen_words"] else read_selections_rows(run_dir(args.out, args.seeds[0], method))
         if rows:
             results["chosen_words"] = word_shares(rows, list(world_info["classes"]))
             results["selection_agreement"] = selection_agreement(rows, world_info)
+    if segmenter:
+        supervised = {seed: split_scores(run_dir(args.out, seed, GROUND_TRUTH), "eval_seg") for seed in args.seeds}
+        results["ground_truth_segmenter"] = {
+            **mean_spread([scores["miou"] for scores in supervised.values()]),
+            "per_seed": supervised,
+        }
     results["minutes"] = (time.monotonic() - started) / 60
     previous = args.results / "quality.json"
     if not any(timings.values()) and previous.is_file():

@@ -6,9 +6,10 @@ the public code.
 - OTM (object-text matching): -mean log s(fg, class prompt)
 - BTM (background-text mismatching): -mean log(1 - s(bg, class prompt))
 - CBS (co-occurring background suppression): -sum over (fg image, background prompt) pairs of
-  log(1 - s) * [s > threshold]. CLIMS sums this term without normalising (it grows with the number
-  of pairs in a batch and its weight of 1 was tuned that way); we keep the sum. CLIMS applies no
-  clamp here; we clamp like the other terms so that s = 1 cannot give an infinite loss.
+  log(1 - s) * [s > threshold], on the features train_pole.cbs_features names (POLE's public code:
+  CLIP's raw features, without adaptors). CLIMS sums this term without normalising (it grows with
+  the number of pairs in a batch and its weight of 1 was tuned that way); we keep the sum. CLIMS
+  applies no clamp here; we clamp like the other terms so that s = 1 cannot give an infinite loss.
 - REG (area regulariser): mean of all the class maps P.
 """
 
@@ -75,11 +76,16 @@ def pole_loss(
     maps: torch.Tensor,
     weights: LossWeights,
     cbs_threshold: float = 0.26,
+    cbs_images: torch.Tensor | None = None,
 ) -> PoleLoss:
-    """fg, bg, text: (P, D) unit features per (image, tag) pair; background_text: (M, D); maps: (B, K, h, w)."""
+    """fg, bg, text: (P, D) unit features per (image, tag) pair; background_text: (M, D); maps: (B, K, h, w).
+
+    CBS compares `cbs_images`, (P, D) unit features of the foreground images in the space of
+    background_text, with background_text; they are fg when None.
+    """
     otm = otm_loss((fg * text).sum(-1))
     btm = btm_loss((bg * text).sum(-1))
-    cbs = cbs_loss(fg @ background_text.T, cbs_threshold)
+    cbs = cbs_loss((fg if cbs_images is None else cbs_images) @ background_text.T, cbs_threshold)
     reg = reg_loss(maps)
     total = weights.otm * otm + weights.btm * btm + weights.cbs * cbs + weights.reg * reg
     return PoleLoss(total, otm, btm, cbs, reg)

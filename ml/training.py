@@ -38,10 +38,12 @@ def training_images(ctx: StageContext) -> list[ImageRecord]:
 def poly_sgd(
     groups: list[dict], optim: OptimConfig, total_steps: int
 ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
-    """SGD with momentum optim.momentum (a real 0.9) and lr * (1 - step / total_steps) ** power.
+    """SGD with momentum optim.momentum and lr * (1 - step / total_steps) ** power.
 
-    The public CLIMS/IRNet wrapper passes weight decay into the momentum slot (momentum 1e-4 in
-    effect); that bug is not reproduced.
+    train_cam, train_pole and train_irn default to momentum 0, the public CLIMS/IRNet/POLE code's in
+    effect: its wrapper puts weight decay in SGD's momentum slot (momentum 1e-4), so a step there is
+    lr times the gradient (weight decay included). PUBLIC_CODE_MOMENTUM in ml/spec/config_sections.py
+    has the alternatives.
     """
     optimizer = torch.optim.SGD(groups, momentum=optim.momentum, weight_decay=optim.weight_decay)
     total = max(total_steps, 1)

@@ -91,7 +91,7 @@ def resolve_clip(model: str, pretrained: str) -> ResolvedWeights:
 
 
 def resolve_backbone(name: str, weights: str) -> ResolvedWeights:
-    """torchvision classification weights for a ResNet; 'imagenet' is IMAGENET1K_V1 (as IRNet)."""
+    """torchvision classification weights (a ResNet, a MobileNet); 'imagenet' is IMAGENET1K_V1 (as IRNet)."""
     from torchvision.models import get_model_weights, list_models
 
     if name not in list_models():
@@ -99,7 +99,9 @@ def resolve_backbone(name: str, weights: str) -> ResolvedWeights:
     if weights == "random":
         return ResolvedWeights(name, "random", None, None)
     if looks_like_path(weights):
-        return _resolved(name, weights, _existing_file(weights, "models.cam_weights / models.irn_weights"))
+        return _resolved(
+            name, weights, _existing_file(weights, "models.cam_weights / models.irn_weights / models.seg_weights")
+        )
     if weights != "imagenet":
         raise WeightsError(f"backbone weights {weights!r} for {name}: use 'imagenet', a local .pth file, or 'random'")
     url = get_model_weights(name).IMAGENET1K_V1.url
@@ -108,7 +110,7 @@ def resolve_backbone(name: str, weights: str) -> ResolvedWeights:
     if cached:
         return _resolved(name, weights, cached)
     hint = (
-        f"set models.cam_weights / models.irn_weights to a local .pth file, or put {filename} "
+        f"set models.cam_weights / models.irn_weights / models.seg_weights to a local .pth file, or put {filename} "
         f"in {weights_dir()} (POLE_WEIGHTS_DIR)"
     )
     _require_network(f"ImageNet weights for {name}", urlparse(url).hostname, hint)

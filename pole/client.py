@@ -11,6 +11,10 @@
             pole.download_archive(job["id"], "masks.zip")
             for selection in pole.list_selections(job["id"]):
                 print(selection["image"], selection["class"], selection["chosen"])
+            # new images, no tags: labelled by the segmenter of a job run with train_seg.enabled
+            run = pole.create_prediction(job["id"], "new_images.zip")
+            if pole.wait_for_prediction(job["id"], run["id"])["state"] == "succeeded":
+                pole.download_prediction_archive(job["id"], run["id"], "predicted.zip", export_format="coco")
 
 Every method returns the API's JSON as plain dicts. A refusal (any 4xx or 5xx answer) raises
 PoleApiError with the HTTP status and the API's `detail`; a service that cannot be reached raises
@@ -21,13 +25,14 @@ when the previous one is used up.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 DEFAULT_TIMEOUT_S = 120.0  # an upload is unpacked and checked before the API answers
+DEFAULT_RETRY_AFTER_S = 5.0  # the wait before asking again for an archive being built, if the API names none
 
 
 class PoleApiError(RuntimeError):
@@ -115,26 +120,14 @@ class PoleClient:
 
     def follow_job(self, job_id: str, poll_seconds: float = 0.5) -> Iterator[dict]:
         """Yield the job every `poll_seconds` until it has ended; the last one yielded is its final state."""
-        while True:
-            job = self.get_job(job_id)
-            yield job
-            if job["state"] in FINAL_STATES:
-                return
-            time.sleep(poll_seconds)
+        return _follow(lambda: self.get_job(job_id), poll_seconds)
 
     # --- what a succeeded job produced -------------------------------------------------------------
 
-    def download_archive(self, job_id: str, target: str | Path) -> Path:
-        """Stream the job's mask archive (.zip) to `target`; returns `target`."""
-        target = Path(target)
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/archive") as response:
-            if response.is_error:
-                response.read()
-                _check(response, "archive")
-            with open(target, "wb") as f:
-                for chunk in response.iter_bytes():
-                    f.write(chunk)
-        return target
+    def download_archive(self, job_id: str, target: str | Path, export_format: str | None = None) -> Path:
+        """Stream the job's mask archive (.zip) to `target`, in `export_format` (default: the job's first
+        export format; another is built on the server first, waited for here); returns `target`."""
+        return self._download_archive(f"/v1/jobs/{job_id}/archive", target, export_format)
 
     def get_metrics(self, job_id: str) -> dict:
         return _json(self.http.get(f"/v1/jobs/{job_id}/metrics"), "metrics")
@@ -146,6 +139,58 @@ class PoleClient:
         filters = {name: value for name, value in (("image", image), ("class", class_name)) if value}
         return self._pages(f"/v1/jobs/{job_id}/selections", "selections", page_size, filters)
 
+    # --- predictions: new images labelled by a job's trained segmenter, no tags needed -----------------
+
+    def create_prediction(self, job_id: str, path: str | Path) -> dict:
+        """Upload one image or a .zip of images, streamed from disk, for the segmenter of job `job_id` (a
+        job run with train_seg.enabled; 409 otherwise) to label; returns the queued prediction run."""
+        path = Path(path)
+        with open(path, "rb") as f:
+            files = {"file": (path.name, f, "application/octet-stream")}
+            return _json(self.http.post(f"/v1/jobs/{job_id}/predictions", files=files), "prediction")
+
+    def get_prediction(self, job_id: str, prediction_id: str) -> dict:
+        return _json(self.http.get(f"/v1/jobs/{job_id}/predictions/{prediction_id}"), "prediction")
+
+    def list_predictions(self, job_id: str, page_size: int | None = None) -> Iterator[dict]:
+        """The job's prediction runs, newest first."""
+        return self._pages(f"/v1/jobs/{job_id}/predictions", "predictions", page_size)
+
+    def follow_prediction(self, job_id: str, prediction_id: str, poll_seconds: float = 0.5) -> Iterator[dict]:
+        """Yield the prediction run every `poll_seconds` until it has ended, its final state last."""
+        return _follow(lambda: self.get_prediction(job_id, prediction_id), poll_seconds)
+
+    def wait_for_prediction(self, job_id: str, prediction_id: str, poll_seconds: float = 0.5) -> dict:
+        """The prediction run once it has ended (succeeded or failed)."""
+        *_, final = self.follow_prediction(job_id, prediction_id, poll_seconds)
+        return final
+
+    def download_prediction_archive(
+        self, job_id: str, prediction_id: str, target: str | Path, export_format: str | None = None
+    ) -> Path:
+        """Stream the run's masks (.zip) to `target`, in `export_format` (default: the one the run wrote;
+        another is built on the server first, waited for here); returns `target`."""
+        path = f"/v1/jobs/{job_id}/predictions/{prediction_id}/archive"
+        return self._download_archive(path, target, export_format)
+
+    def _download_archive(self, path: str, target: str | Path, export_format: str | None) -> Path:
+        """Stream the archive at `path` to `target`. A format the run did not write is answered 202 while a
+        worker builds it: asked for again after the answer's Retry-After seconds, until the zip comes."""
+        target = Path(target)
+        params = {"format": export_format} if export_format else {}
+        while True:
+            with self.http.stream("GET", path, params=params) as response:
+                if response.status_code != 202:
+                    if response.is_error:
+                        response.read()
+                        _check(response, "archive")
+                    with open(target, "wb") as f:
+                        for chunk in response.iter_bytes():
+                            f.write(chunk)
+                    return target
+                wait = float(response.headers.get("Retry-After", DEFAULT_RETRY_AFTER_S))
+            time.sleep(wait)
+
     def _pages(self, path: str, action: str, page_size: int | None, filters: dict | None = None) -> Iterator[dict]:
         """The items of every page of a list; `page_size` None leaves the size to the server."""
         params = {**(filters or {}), **({"limit": page_size} if page_size else {})}
@@ -156,6 +201,16 @@ class PoleClient:
             cursor = page["next_cursor"]
             if not cursor:
                 return
+
+
+def _follow(get: Callable[[], dict], poll_seconds: float) -> Iterator[dict]:
+    """Yield `get()` every `poll_seconds` until what it returns has ended; its final state last."""
+    while True:
+        current = get()
+        yield current
+        if current["state"] in FINAL_STATES:
+            return
+        time.sleep(poll_seconds)
 
 
 def _check(response: httpx.Response, action: str) -> None:

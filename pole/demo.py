@@ -26,6 +26,7 @@ from pole.service_process import EmbeddedService, ServiceError, free_port, sigte
 
 DEFAULT_IMAGES = 800
 DEFAULT_SIZE = 96
+FRESH_IMAGES = 100  # new world images the demo's segmenter labels without their tags
 
 
 class DemoError(RuntimeError):
@@ -98,7 +99,8 @@ def run_job(client: PoleClient, out: Path, args: argparse.Namespace, overrides: 
         raise DemoError(f"job {job['id']} {job['state']}: {job['error'] or job['message']} (see {out / 'service.log'})")
 
     archive = client.download_archive(job["id"], out / f"pole_masks_{job['id']}.zip")
-    scores = demo_report.job_scores(client.get_metrics(job["id"]), archive)
+    metrics = client.get_metrics(job["id"])
+    scores = demo_report.job_scores(metrics)
     if not scores:
         raise DemoError("the job reported no mIoU; does the dataset have ground-truth masks?")
     selections = list(client.list_selections(job["id"]))
@@ -106,7 +108,7 @@ def run_job(client: PoleClient, out: Path, args: argparse.Namespace, overrides: 
     report = RunReport(
         classes=classes,
         scores=scores,
-        background_only_miou=demo_report.archived_floor(archive),
+        background_only_miou=demo_report.job_floor(metrics),
         selections=selections,
         archives=[archive],
         stage_seconds=demo_report.stage_seconds(job),
@@ -116,8 +118,33 @@ def run_job(client: PoleClient, out: Path, args: argparse.Namespace, overrides: 
     )
     summary = print_report(report)
     files = {"masks": out / "masks", "summary": out / "summary.json"}
+    if job["links"].get("model"):
+        summary["fresh_images"] = label_fresh_images(client, out, args, job, classes)
+        files["fresh"] = out / "fresh"
     files["summary"].write_text(json.dumps({"job": job["id"], **summary}, indent=2) + "\n")
     return files
+
+
+def label_fresh_images(client: PoleClient, out: Path, args: argparse.Namespace, job: dict, classes: list[str]) -> dict:
+    """Label a new world (another seed: no stage of the job saw it) from its pixels alone, with the job's
+    segmenter, and score the labels against the world's own masks."""
+    from ml.world.writer import make_world
+
+    fresh = out / "fresh"
+    make_world(fresh, FRESH_IMAGES, seed=args.seed + 1, size=args.size, holdout=0.0)
+    images = zip_folder(fresh / "images", out / "fresh_images.zip")  # pixels only: no tags, no masks
+    print(f"\nlabelling {FRESH_IMAGES} new world images (seed {args.seed + 1}) with the job's segmenter, no tags given")
+    run = client.create_prediction(job["id"], images)
+    run = demo_report.follow_with_bar(client.follow_prediction(job["id"], run["id"]))
+    if run["state"] != "succeeded":
+        raise DemoError(f"prediction run {run['id']} {run['state']}: {run['error'] or run['message']}")
+    archive = client.download_prediction_archive(job["id"], run["id"], out / f"pole_predictions_{run['id']}.zip")
+    scores = demo_report.score_archive(archive, fresh / "masks", classes)
+    print(
+        f"the segmenter labels images it never saw: {100 * scores['miou']:.1f}% mIoU "
+        f"over {scores['images']} images (archive {archive})"
+    )
+    return {"prediction": run["id"], "archive": str(archive), **scores}
 
 
 def prepare_output(out: Path) -> None:
@@ -126,7 +153,9 @@ def prepare_output(out: Path) -> None:
     service = out / "service"
     if service.exists() and any(service.iterdir()) and not (service / "pole.db").exists():
         raise DemoError(f"{service} exists and is not a demo's data directory; choose another --out")
-    for path in (service, out / "world", out / "masks"):
+    predictions = [*out.glob("pole_predictions_*")]
+    for path in (service, out / "world", out / "masks", out / "fresh", *[p for p in predictions if p.is_dir()]):
         shutil.rmtree(path, ignore_errors=True)
-    for path in (out / "world.zip", out / "service.log", *out.glob("pole_masks_*.zip")):
+    old_files = [out / "world.zip", out / "fresh_images.zip", out / "service.log", *out.glob("pole_masks_*.zip")]
+    for path in (*old_files, *[p for p in predictions if p.is_file()]):
         path.unlink(missing_ok=True)

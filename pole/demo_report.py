@@ -3,7 +3,6 @@ filled from the REST API's answers and the downloaded archive."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import zipfile
 from collections.abc import Iterable
@@ -17,45 +16,39 @@ DESCRIPTION_WIDTH = 34
 
 
 def follow_with_bar(jobs: Iterable[dict]) -> dict:
-    """A bar driven by each job state's overall progress, its stage and the stage's own fraction; returns the last."""
+    """A bar driven by each state's overall progress and, for a job, its stage and the stage's own
+    fraction (a prediction run has no stages); returns the last state."""
     from pole.progress import progress_bar
 
     job: dict = {}
     with progress_bar(BAR_STEPS, DESCRIPTION_WIDTH) as bar:
         for job in jobs:
-            stage = f"{job['stage']} {job['stage_progress']:4.0%}" if job["stage"] else job["state"]
+            stage = f"{job['stage']} {job['stage_progress']:4.0%}" if job.get("stage") else job["state"]
             bar.set_description_str(stage, refresh=False)
             bar.n = round(BAR_STEPS * job["progress"])
             bar.refresh()
     return job
 
 
-def job_scores(metrics: dict, archive: Path) -> dict[str, dict]:
-    """The CAM and mask mIoU with their per-class IoU from GET /v1/jobs/{id}/metrics, for whichever
-    of the two the job evaluated, with the per-split scores of the archive's metrics.json (the API
-    reports no splits)."""
-    from ml.spec.layout import METRICS
-
-    with zipfile.ZipFile(archive) as zf:
-        archived = json.loads(zf.read(METRICS))  # the masks' scores, with the CAMs' under "cams"
-    splits = {"eval_cams": archived.get("cams", {}).get("splits", {}), "eval_masks": archived.get("splits", {})}
+def job_scores(metrics: dict) -> dict[str, dict]:
+    """Each evaluation's mIoU, per-class and per-split scores from GET /v1/jobs/{id}/metrics, for
+    those the job ran with ground truth."""
     return {
         label: {
             "miou": metrics["stages"][stage]["miou"],
             "iou": metrics["stages"][stage]["per_class_iou"],
-            "splits": splits[stage],
+            "splits": metrics["stages"][stage]["splits"],
+            "held_out_splits": metrics["stages"][stage]["held_out_splits"],
         }
         for stage, label in EVALUATIONS
         if stage in metrics["stages"]
     }
 
 
-def archived_floor(archive: Path) -> float | None:
-    """The all-background mIoU on the job's ground truth, from the archive's metrics.json."""
-    from ml.spec.layout import METRICS
-
-    with zipfile.ZipFile(archive) as zf:
-        return json.loads(zf.read(METRICS)).get("background_only_miou")
+def job_floor(metrics: dict) -> float | None:
+    """The all-background mIoU on the job's ground truth (the same for every evaluation)."""
+    floors = [stage.get("background_only_miou") for stage in metrics["stages"].values()]
+    return next((floor for floor in floors if floor is not None), None)
 
 
 def stage_seconds(job: dict) -> dict[str, float]:
@@ -96,3 +89,21 @@ def draw_job_figures(
             )
         )
     return write_figures(out, shown, classes, selections)
+
+
+def score_archive(archive: Path, truths: Path, classes: list[str]) -> dict:
+    """mIoU and per-class IoU of a CVAT-layout mask archive against the index PNGs in `truths`
+    (<id>.png), over every image both hold; the masks are unpacked next to the archive."""
+    from ml.data.images import read_mask
+    from ml.metrics import SplitConfusion
+
+    masks = archive.with_suffix("")
+    shutil.rmtree(masks, ignore_errors=True)
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(masks)  # our own service's archive, written by its prediction run
+    confusion = SplitConfusion(len(classes) + 1)
+    for mask in sorted((masks / "SegmentationClass").glob("*.png")):
+        if (truths / mask.name).is_file():
+            confusion.add("all", read_mask(truths / mask.name), read_mask(mask))
+    report = confusion.report(classes)
+    return {"miou": report["miou"], "iou": report["iou"], "images": report["images"]}

@@ -21,7 +21,8 @@ from ml.spec.layout import CONTACT_SHEET, WORDS_RADAR, CamFile, RunLayout, cam_p
 SHOWN_IMAGES = 8  # images in the contact sheet and with CAM panels
 FIGURE_SIDE = 320  # longest side of an image in the figures: at full size, eight photos make a gigapixel sheet
 SHOWN_FAILURES = 5  # failed images listed by name; the rest are counted
-EVALUATIONS = (("eval_cams", "CAM"), ("eval_masks", "mask"))  # evaluation stage, its column in the tables
+# Evaluation stage, its column in the tables.
+EVALUATIONS = (("eval_cams", "CAM"), ("eval_masks", "mask"), ("eval_seg", "segmenter"))
 
 
 @dataclass
@@ -58,14 +59,19 @@ def print_report(report: RunReport) -> dict:
     for archive in report.archives:
         print(f"archive: {archive}")
     if report.scores:
-        print("\nIoU over all images (CAM: fixed background threshold; mask: after the random walk)")
+        print(
+            "\nIoU over all images (CAM: fixed background threshold; mask: after the random walk; "
+            "segmenter: trained on the masks, see its held-out split below)"
+        )
         print(miou_table(report.scores, report.classes))
     if report.background_only_miou is not None:
         print(f"(for reference, calling every pixel background scores {_percent(report.background_only_miou)} mIoU)")
     splits = split_scores(report.scores)
+    held_out = {name for metrics in report.scores.values() for name in metrics.get("held_out_splits", [])}
     for name, split in splits.items():
         scores = ", ".join(f"{label} mIoU {_percent(split.get(_split_key(label)))}" for label in report.scores)
-        print(f"split {name} ({split['images']} images): {scores}")
+        unseen = " (the segmenter never trained on these)" if name in held_out else ""
+        print(f"split {name} ({split['images']} images): {scores}{unseen}")
     shares = word_shares(report.selections, report.classes)
     if shares:
         print("\nwords chosen for each class (share of the images tagged with it)")

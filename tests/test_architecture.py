@@ -14,7 +14,7 @@ CORE = {"ml.spec", "ml.data"}
 # File names inside a run directory: only ml/spec/layout.py spells them.
 RUN_FILE_NAMES = re.compile(
     r"""["'/](model\.pt|log\.json|stage\.json|selections\.jsonl|candidates\.json|metrics\.json|failed_images\.json"""
-    r"""|pole_masks\.zip|overlays\.png|chosen_words_radar\.png)["']"""
+    r"""|model\.onnx|pole_masks\.zip|overlays\.png|chosen_words_radar\.png)["']"""
 )
 
 

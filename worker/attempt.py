@@ -29,7 +29,7 @@ def execute(lease: Lease) -> None:
     from ml.runtime import Cancelled
     from ml.spec.config import config_from_dict
 
-    settings, job_id = lease.settings, lease.job_id
+    settings, job_id = lease.settings, lease.row_id
     with lease.sessions() as session:
         job = session.get(Job, job_id)
         config = config_from_dict(job.config)

@@ -6,13 +6,15 @@ job's lease, so several reapers, or a reaper racing a live worker, can never bot
 A worker also recovers, soon after it starts, the jobs its own name was running whose heartbeat
 has not moved since it started: its previous life left them, and there is no need to wait for
 their heartbeats to go stale. (Two live workers sharing a name keep each other's jobs beating, so
-even that mistake costs nothing.)
+even that mistake costs nothing.) Prediction runs, leased as jobs are (worker.lease), are recovered
+the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from celery import Celery, bootsteps
@@ -22,10 +24,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from app.db import create_db_engine, make_sessionmaker
-from app.models import Job, JobState, utcnow
-from app.queue import send_run_job
+from app.models import Job, JobState, PredictionRun, utcnow
+from app.queue import send_run_job, send_run_prediction
 from app.settings import Settings
-from worker.lease import TRANSIENT_ERRORS
+from worker.lease import TRANSIENT_ERRORS, LeasedTable, noun_of
+
+# What the reaper looks after: each leased table with how to send one of its rows to the workers again.
+LEASED: tuple[tuple[LeasedTable, Callable[[Celery, str], None]], ...] = (
+    (Job, send_run_job),
+    (PredictionRun, send_run_prediction),
+)
 
 log = logging.getLogger("pole.reaper")
 
@@ -37,50 +45,69 @@ def reap(
     worker: str | None = None,
     started_at: datetime | None = None,
 ) -> dict:
-    """Act on every job whose worker is gone; returns {job id: action}.
+    """Act on every job and prediction run whose worker is gone; returns {id: action}.
 
     Gone: its heartbeat is older than `stale_after_seconds`; or, when `worker` is given (by that
     worker, just started at `started_at`), it is marked as running on `worker` by an earlier life
-    of it (last heartbeat before `started_at`). Running jobs are requeued, or failed past
-    `max_attempts`; cancelling ones become cancelled. A requeued job still queued a stale period
-    later is sent again, in case its message was lost (a duplicate finds the job taken and does nothing).
+    of it (last heartbeat before `started_at`). Running ones are requeued, or failed past
+    `max_attempts`; cancelling jobs become cancelled. A requeued one still queued a stale period
+    later is sent again, in case its message was lost (a duplicate finds it taken and does nothing).
     """
-    now = utcnow()
-    stale = Job.heartbeat_at < now - timedelta(seconds=settings.stale_after_seconds)
-    live = Job.state.in_([JobState.running, JobState.cancelling])
-    if worker:
-        gone = live & (Job.worker == worker) & (Job.heartbeat_at < (started_at or now))
-    else:
-        gone = (live & stale) | ((Job.state == JobState.queued) & stale)
-    with sessions() as session:
-        rows = session.execute(select(Job.id, Job.state, Job.lease, Job.attempts, Job.heartbeat_at).where(gone)).all()
     actions = {}
-    for job_id, state, lease, attempts, heartbeat in rows:
-        values, action = _release(state, attempts, heartbeat, settings.max_attempts)
+    for table, send in LEASED:
+        actions.update(_reap_table(table, send, sessions, settings, celery, worker, started_at))
+    return actions
+
+
+def _reap_table(
+    table: LeasedTable,
+    send: Callable[[Celery, str], None],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    celery: Celery,
+    worker: str | None,
+    started_at: datetime | None,
+) -> dict:
+    now = utcnow()
+    stale = table.heartbeat_at < now - timedelta(seconds=settings.stale_after_seconds)
+    live = table.state.in_([JobState.running, JobState.cancelling])
+    if worker:
+        gone = live & (table.worker == worker) & (table.heartbeat_at < (started_at or now))
+    else:
+        gone = (live & stale) | ((table.state == JobState.queued) & stale)
+    columns = (table.id, table.state, table.lease, table.attempts, table.heartbeat_at)
+    with sessions() as session:
+        rows = session.execute(select(*columns).where(gone)).all()
+    noun = noun_of(table)
+    actions = {}
+    for row_id, state, lease, attempts, heartbeat in rows:
+        values, action = _release(state, attempts, heartbeat, settings.max_attempts, noun)
         with sessions() as session, session.begin():
             # Compare-and-set: a worker that wrote meanwhile is alive after all, or another reaper got there first.
             changed = session.execute(
-                update(Job)
+                update(table)
                 .where(
-                    Job.id == job_id, Job.state == state, Job.lease.is_(None) if lease is None else Job.lease == lease
+                    table.id == row_id,
+                    table.state == state,
+                    table.lease.is_(None) if lease is None else table.lease == lease,
                 )
-                .where(Job.heartbeat_at.is_(None) if heartbeat is None else Job.heartbeat_at == heartbeat)
+                .where(table.heartbeat_at.is_(None) if heartbeat is None else table.heartbeat_at == heartbeat)
                 .values(**values)
             ).rowcount
         if not changed:
             continue
-        log.warning("job %s: worker gone (last heartbeat %s); %s", job_id, heartbeat, action)
-        actions[job_id] = action
+        log.warning("%s %s: worker gone (last heartbeat %s); %s", noun, row_id, heartbeat, action)
+        actions[row_id] = action
         if action in ("requeued", "resent"):
             try:
-                send_run_job(celery, job_id)
+                send(celery, row_id)
             except BrokerUnreachable as err:
                 # Queued in the database already: the next sweep after a stale period sends it again.
-                log.error("job %s: queue unreachable (%s); will send it again later", job_id, err)
+                log.error("%s %s: queue unreachable (%s); will send it again later", noun, row_id, err)
     return actions
 
 
-def _release(state: str, attempts: int, heartbeat, max_attempts: int) -> tuple[dict, str]:
+def _release(state: str, attempts: int, heartbeat, max_attempts: int, noun: str) -> tuple[dict, str]:
     now = utcnow()
     if state == JobState.queued:
         return {"heartbeat_at": now}, "resent"
@@ -89,7 +116,7 @@ def _release(state: str, attempts: int, heartbeat, max_attempts: int) -> tuple[d
         return {**ended, "state": JobState.cancelled, "message": "cancelled (its worker stopped)"}, "cancelled"
     if attempts >= max_attempts:
         reason = (
-            f"gave up after {attempts} attempt(s): each time, the worker running the job stopped sending "
+            f"gave up after {attempts} attempt(s): each time, the worker running the {noun} stopped sending "
             f"heartbeats (last at {heartbeat:%Y-%m-%d %H:%M:%S} UTC). It may have been killed for lack of "
             "memory; see the worker's log, or retry with smaller batches"
         )

@@ -37,7 +37,7 @@ class StageRecorder:
             warnings=run_warnings(self.layout),
             **({"stage_progress": 0.0} if event == "start" else {}),
         )
-        job_id = self.lease.job_id
+        job_id = self.lease.row_id
         with self.lease.sessions() as session, session.begin():
             row = session.scalar(select(JobStage).where(JobStage.job_id == job_id, JobStage.name == stage))
             if row is None:
@@ -58,7 +58,7 @@ class StageRecorder:
 def record_success(lease: Lease, summary: dict, unreadable: dict[str, str]) -> bool:
     """End the job as succeeded with the results in run_pipeline's `summary` (plus the images the
     dataset reader dropped, `unreadable`); False when the lease was lost and nothing was written."""
-    job_id = lease.job_id
+    job_id = lease.row_id
     provenance = summary.get("provenance", {})
     with lease.sessions() as session, session.begin():
         ended = lease.end(

@@ -1,6 +1,7 @@
-"""The Celery tasks: a job id in, the job row and run directory updated; and a succeeded job's
-archive built in another export format. Thin on purpose; the work is in worker/attempt.py and
-ml.pipeline, and in worker/archives.py."""
+"""The Celery tasks: a job id in, the job row and run directory updated; a prediction run's images
+labelled by its job's segmenter; a succeeded job's or prediction run's archive built in another
+export format, and a job's segmenter exported to ONNX. Thin on purpose; the work is in
+worker/attempt.py and ml.pipeline, worker/predictions.py and worker/archives.py."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import worker.process_setup  # noqa: F401  (connects the job process's setup to Celery's signals)
 from app.db import create_db_engine, make_sessionmaker
-from app.queue import BUILD_ARCHIVE, RUN_JOB
+from app.models import PredictionRun
+from app.queue import BUILD_ARCHIVE, BUILD_ONNX_MODEL, BUILD_PREDICTION_ARCHIVE, RUN_JOB, RUN_PREDICTION
 from app.settings import Settings
-from worker.archives import build_archive
+from worker.archives import build_archive, build_onnx_model, build_prediction_archive
 from worker.attempt import execute
 from worker.child_death import JobRequest
 from worker.lease import TRANSIENT_ERRORS, attempt_token, claim
+from worker.predictions import run_prediction
 
 log = logging.getLogger("pole.worker")
 
@@ -61,3 +64,28 @@ def run_job(self: JobTask, job_id: str, lease: str | None = None) -> None:
 @shared_task(bind=True, base=DatabaseTask, name=BUILD_ARCHIVE)
 def build_archive_task(self: DatabaseTask, job_id: str, export_format: str) -> None:
     build_archive(self.sessions, self.settings, job_id, export_format)
+
+
+@shared_task(bind=True, base=DatabaseTask, name=BUILD_ONNX_MODEL)
+def build_onnx_model_task(self: DatabaseTask, job_id: str) -> None:
+    build_onnx_model(self.sessions, self.settings, job_id)
+
+
+# A prediction run whose pool process dies is left to the reaper (no JobRequest): it starts over anyway.
+@shared_task(bind=True, base=DatabaseTask, name=RUN_PREDICTION, max_retries=5)
+def run_prediction_task(self: DatabaseTask, prediction_id: str, lease: str | None = None) -> None:
+    worker = self.request.hostname or "worker"
+    held = claim(self.sessions, self.settings, prediction_id, worker=worker, resume_lease=lease, table=PredictionRun)
+    if held is None:
+        return
+    try:
+        run_prediction(held)
+    except TRANSIENT_ERRORS as err:
+        log.warning("prediction run %s: transient error (%s); retrying", prediction_id, err)
+        kwargs = {"prediction_id": prediction_id, "lease": held.token}
+        raise self.retry(exc=err, kwargs=kwargs, countdown=5) from err
+
+
+@shared_task(bind=True, base=DatabaseTask, name=BUILD_PREDICTION_ARCHIVE)
+def build_prediction_archive_task(self: DatabaseTask, prediction_id: str, export_format: str) -> None:
+    build_prediction_archive(self.sessions, self.settings, prediction_id, export_format)

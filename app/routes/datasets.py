@@ -80,7 +80,8 @@ def delete_dataset(
     cascade: Annotated[bool, Query(description="also delete the dataset's finished jobs and their results")] = False,
 ) -> Response:
     """Delete the dataset and its images. Refused (409) while it has jobs, saying how many: with
-    `?cascade=true` its finished jobs go too, with their results (archives, masks, run folders).
-    A job still queued or running refuses it either way; cancel it first."""
+    `?cascade=true` its finished jobs go too, with their results (archives, masks, run folders) and
+    the prediction runs made with their segmenters, which the refusal counts. A job or prediction run
+    still queued or running refuses it either way; cancel the job, or wait for it or the run to end."""
     remove_dataset(session, settings, dataset, cascade=cascade)
     return Response(status_code=204)

@@ -1,16 +1,18 @@
-"""What a job produced: the mask archive, the chosen [CLS] words, per-image masks and overlays, metrics."""
+"""What a job produced: the mask archive, the chosen [CLS] words, per-image masks and overlays, metrics,
+and the segmenter trained on the masks."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 
-from app.archives import RETRY_AFTER_SECONDS, job_archive
+from app.archives import job_archive, pending_response
 from app.deps import CeleryDep, OwnedJob, PageParams, SessionDep, SettingsDep
 from app.errors import ApiError
 from app.job_service import stage_metrics_out
+from app.model_service import ModelFormat, job_model
 from app.models import Job, JobState
 from app.openapi import error_responses
 from app.result_service import job_image, job_image_out, job_images_page, selections_page
@@ -61,9 +63,45 @@ def get_archive(
     _require_succeeded(job, "archive")
     archive = job_archive(settings, celery, job, export_format)
     if archive.path is None:
-        detail = f"the {archive.format} archive is being built from this job's run; ask again in a few seconds"
-        return JSONResponse({"detail": detail}, status_code=202, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return pending_response(
+            f"the {archive.format} archive is being built from this job's run; ask again in a few seconds"
+        )
     return FileResponse(archive.path, media_type="application/zip", filename=archive.download_name)
+
+
+@router.get(
+    "/model",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": BINARY}},
+        202: {"model": ArchivePendingOut, "description": "the ONNX export, being built"},
+        **error_responses(409, 410, 503),
+    },
+)
+def get_model(
+    job: OwnedJob,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    model_format: Annotated[
+        ModelFormat,
+        Query(
+            alias="format",
+            description="pytorch: the checkpoint, which loads with torch and torchvision alone; onnx: the "
+            "same network as ONNX, built on the first request for it",
+        ),
+    ] = "pytorch",
+) -> Response:
+    """The segmentation network the job's train_seg stage trained on its pseudo masks, to label images
+    elsewhere (README: "Use the model elsewhere"). The checkpoint holds the class names, the palette
+    and the input normalisation; its ETag is the SHA-256 the job recorded. The ONNX export takes the
+    normalised (N, 3, H, W) image and gives the (N, K + 1, H, W) logits, with the same facts in its
+    metadata; a worker builds it from the checkpoint: 202 with Retry-After until it is ready, then the
+    file, kept for every later request."""
+    model = job_model(settings, celery, job, model_format)
+    if model.path is None:
+        return pending_response("the ONNX export of this job's segmenter is being built; ask again in a few seconds")
+    etag = {"ETag": f'"{model.sha256}"'} if model.sha256 else None
+    return FileResponse(model.path, media_type="application/octet-stream", filename=model.download_name, headers=etag)
 
 
 @router.get("/selections", response_model=Page[SelectionOut], responses=error_responses(422))

@@ -24,8 +24,9 @@ class CamNet(nn.Module):
         self.model_args = {"backbone": backbone, "num_classes": num_classes}
         self.backbone = ResNetStages(backbone, weights)
         self.classifier = nn.Conv2d(self.backbone.channels[-1], num_classes, 1, bias=False)
-        # Pretrained BatchNorm statistics are kept (small WSSS batches would only add noise);
-        # a backbone trained from scratch has none worth keeping, so its BN trains as usual.
+        # train_cam keeps pretrained BatchNorm statistics, as IRNet's fixed BatchNorm does (small WSSS
+        # batches would only add noise); a backbone trained from scratch has none worth keeping, so its
+        # BN trains as usual. train_pole sets this from train_pole.batchnorm.
         self.freeze_bn = self.backbone.weights.path is not None
         for module in (self.backbone.stage1[0], self.backbone.stage1[1]):  # conv1, bn1
             for p in module.parameters():
@@ -64,12 +65,12 @@ def save_cam_net(path: Path, net: CamNet, config: dict, **extra) -> str:
 
 
 def load_cam_net(path: Path, device: torch.device | str = "cpu") -> tuple[CamNet, dict]:
-    """Rebuild a CamNet from its checkpoint alone; returns (net in eval mode, checkpoint dict)."""
+    """Rebuild a CamNet from its checkpoint alone; returns (net in eval mode, checkpoint dict).
+
+    Inference uses the saved running statistics (eval mode). A stage that trains the network on sets
+    `freeze_bn` itself: train_pole from its `batchnorm` setting.
+    """
     checkpoint = load_checkpoint(path, "cam_net", "CAM network")
     net = CamNet(**checkpoint["model_args"], weights="random")
     net.load_state_dict(checkpoint["state_dict"])
-    # A saved network's BatchNorm statistics are trained ones (even when train_cam started from
-    # scratch): training on (train_pole) keeps them, like the public code's fixed BatchNorm. With
-    # batch statistics, CLIP-guided maps saturate in training mode (all 0 or all 1 in evaluation).
-    net.freeze_bn = True
     return net.to(device).eval(), checkpoint

@@ -5,7 +5,19 @@ CLIP is never trained here, but gradients flow *through* it: to the CAM maps tha
 
 Images arrive un-normalised in [0, 1] and are resized to the model's input size and normalised
 with the model's own mean/std (OpenAI's statistics for the OpenAI weights). The public CLIMS/POLE
-code feeds ImageNet-normalised pixels to CLIP instead; we do not.
+training code hands CLIP's encoder ImageNet-normalised pixels as they are; we do not.
+
+What CLIP sees of a CAM-masked image (`masked_for_clip`, the `clip_fill` settings). With x the image
+in [0, 1], P the map in [0, 1], m and s ImageNet's mean and std, c and d CLIP's (per channel):
+- "mean", as the public train_pole code: it masks the ImageNet-normalised image, P * (x - m) / s,
+  where a masked-out pixel is 0, ImageNet's mean grey. Taken back to [0, 1] that image is
+  m + P * (x - m), which `masked_for_clip` returns; CLIP's encoder then receives
+  (m + P * (x - m) - c) / d, for P = 0 exactly (m - c) / d: the mean grey m, encoded the way CLIP
+  encodes any pixel. (The public code's encoder receives 0 there, which CLIP reads as its own mean
+  grey c, within 0.004 of m; that its other pixels are scaled by 1/s instead of 1/d is the
+  normalisation difference above.) train_pole also fills the crop's padding with m: the public code
+  pads the normalised image with 0.
+- "black": P * x, whose masked-out pixels reach the encoder as -c / d, black.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import nn
 
+from ml.models.backbone import IMAGENET_MEAN
 from ml.weights import ResolvedWeights, resolve_clip
 
 log = logging.getLogger("pole")
@@ -111,6 +124,22 @@ class FrozenClip(nn.Module):
                 f"CLIP {self.weights.name} has a custom text tower; learnable prompts (coop/defo/target) need an "
                 "open_clip CLIP with its own token embedding: set train_pole.prompt to manual or pole"
             )
+
+
+def imagenet_mean_like(x01: torch.Tensor) -> torch.Tensor:
+    """ImageNet's mean grey as a (1, 3, 1, 1) tensor of x01's device and dtype."""
+    return torch.tensor(IMAGENET_MEAN, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+
+
+def masked_for_clip(x01: torch.Tensor, maps: torch.Tensor, fill: str) -> torch.Tensor:
+    """(N, 3, H, W) images in [0, 1] masked by (N, 1, H, W) maps in [0, 1] -> (N, 3, H, W) in [0, 1],
+    what `encode_images` takes; `fill` ("mean" or "black") is what remains where a map is 0."""
+    if fill == "black":
+        return maps * x01
+    if fill == "mean":
+        mean = imagenet_mean_like(x01)
+        return mean + maps * (x01 - mean)
+    raise ValueError(f"unknown CLIP fill {fill!r}; choose mean or black")
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -36,11 +36,13 @@ from ml.spec.config_sections import (
     ModelsConfig,
     OptimConfig,
     PipelineConfig,
+    PublicCodeOptimConfig,
     RefineConfig,
     SelectPromptsConfig,
     TrainCamConfig,
     TrainIrnConfig,
     TrainPoleConfig,
+    TrainSegConfig,
 )
 
 __all__ = [
@@ -60,11 +62,13 @@ __all__ = [
     "ModelsConfig",
     "OptimConfig",
     "PipelineConfig",
+    "PublicCodeOptimConfig",
     "RefineConfig",
     "SelectPromptsConfig",
     "TrainCamConfig",
     "TrainIrnConfig",
     "TrainPoleConfig",
+    "TrainSegConfig",
     "available_presets",
     "config_from_dict",
     "config_to_dict",
@@ -221,8 +225,9 @@ def _config_error(error: ValidationError) -> ConfigError:
             got = f", got {ctx['actual_length']}" if "actual_length" in ctx else got
         elif kind == "missing":
             what, got = "missing: the list is too short", ""
-        else:  # the sentences of config_fields.py's own checks
+        else:  # the sentences of our own checks; a check of a whole section names the values itself
             what = issue["msg"]
+            got = "" if isinstance(issue["input"], Mapping) else got
         problems.append(f"{_path(loc)}: {what}{got}")
     groups = [f"unknown key(s) {_listed(keys, ', ')} (valid here: {_keys_at(loc)})" for loc, keys in unknown.items()]
     return ConfigError(_listed(groups + problems, "; "))

@@ -6,6 +6,9 @@
     <run>/<stage>/                        one folder per finished stage (a half-written one is <stage>.partial)
     <run>/<stage>/stage.json              what produced it: seed, config section, weight and checkpoint hashes
     <run>/<stage>/model.pt, log.json      a training stage's checkpoint and its per-step log
+    <run>/train_seg/model.onnx            the segmenter exported to ONNX, built on the first request for it
+    <run>/train_seg/model.onnx.requested  asked for and not yet built
+    <run>/train_seg/model.onnx.failed     why building it failed
     <run>/select_prompts/selections.jsonl one line per (image, class): candidates, CLIP scores, chosen word
     <run>/select_prompts/candidates.json  the candidate words of every class
     <run>/make_cams/<image id>.npz        the image's CAMs (see `save_cams`)
@@ -18,8 +21,16 @@
     <run>/figures/                        pictures for people, redrawn by every `pole run`: overlays.png
                                           (image | ground truth | mask), cams_<image id>.png, chosen_words_radar.png
 
-Nothing else in pole spells a file name inside a run. numpy only: the API reads CAM files for its
-heat maps through this module.
+A prediction folder (`PredictionLayout`: what `pole predict --out DIR` writes, and each prediction run
+of the service) holds the masks a run's trained segmenter gave new images:
+
+    <dir>/inputs/                        the uploaded images, as extracted (the service only)
+    <dir>/masks/<image id>.png           label maps as palette PNGs (0 background, k class k)
+    <dir>/overlays/<image id>.png        each image with its mask blended over it and a legend under it
+    <dir>/export/...                     the archives, named as a run's are (with failed_images.csv)
+
+Nothing else in pole spells a file name inside a run or a prediction folder. numpy only: the API reads
+CAM files for its heat maps through this module.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ FAILED_IMAGES = "failed_images.json"
 PREFLIGHT = "preflight.json"
 STAGE_RECORD = "stage.json"
 CHECKPOINT = "model.pt"
+ONNX_MODEL = "model.onnx"
 TRAINING_LOG = "log.json"
 SELECTIONS = "selections.jsonl"
 CANDIDATES = "candidates.json"
@@ -74,8 +86,26 @@ class CamFile:
     cam_s4: np.ndarray
 
 
+class ExportFiles:
+    """The archives in a folder's export/: a run's, or a prediction folder's."""
+
+    root: Path
+
+    def export_dir(self, export_format: str) -> Path:
+        return self.root / "export" / export_format
+
+    def archive(self, export_format: str) -> Path:
+        return self.root / "export" / archive_name(export_format)
+
+    def archive_request(self, export_format: str) -> Path:
+        return self.root / "export" / f"{export_format}.requested"
+
+    def archive_failure(self, export_format: str) -> Path:
+        return self.root / "export" / f"{export_format}.failed"
+
+
 @dataclass(frozen=True)
-class RunLayout:
+class RunLayout(ExportFiles):
     root: Path
 
     @property
@@ -102,6 +132,23 @@ class RunLayout:
     def checkpoint(self, stage: str) -> Path:
         return self.root / stage / CHECKPOINT
 
+    @property
+    def segmenter(self) -> Path:
+        """The segmentation network trained on the run's masks (train_seg): what labels new images."""
+        return self.checkpoint("train_seg")
+
+    @property
+    def segmenter_onnx(self) -> Path:
+        return self.root / "train_seg" / ONNX_MODEL
+
+    @property
+    def segmenter_onnx_request(self) -> Path:
+        return self.root / "train_seg" / f"{ONNX_MODEL}.requested"
+
+    @property
+    def segmenter_onnx_failure(self) -> Path:
+        return self.root / "train_seg" / f"{ONNX_MODEL}.failed"
+
     def training_log(self, stage: str) -> Path:
         return self.root / stage / TRAINING_LOG
 
@@ -121,18 +168,6 @@ class RunLayout:
 
     def mask(self, stage: str, image_id: str) -> Path:
         return self.root / stage / mask_name(image_id)
-
-    def export_dir(self, export_format: str) -> Path:
-        return self.root / "export" / export_format
-
-    def archive(self, export_format: str) -> Path:
-        return self.root / "export" / archive_name(export_format)
-
-    def archive_request(self, export_format: str) -> Path:
-        return self.root / "export" / f"{export_format}.requested"
-
-    def archive_failure(self, export_format: str) -> Path:
-        return self.root / "export" / f"{export_format}.failed"
 
     @property
     def figures(self) -> Path:
@@ -192,6 +227,29 @@ class RunLayout:
         """The maps come back as float32 (float16 only saves disk)."""
         with np.load(self.cams(image_id)) as data:
             return CamFile(data["keys"], data["cam"].astype(np.float32), data["cam_s4"].astype(np.float32))
+
+
+@dataclass(frozen=True)
+class PredictionLayout(ExportFiles):
+    root: Path
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "inputs"
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.root / "masks"
+
+    @property
+    def overlays_dir(self) -> Path:
+        return self.root / "overlays"
+
+    def mask(self, image_id: str) -> Path:
+        return self.masks_dir / mask_name(image_id)
+
+    def overlay(self, image_id: str) -> Path:
+        return self.overlays_dir / mask_name(image_id)
 
 
 def save_cams(path: Path, keys: np.ndarray, cam: np.ndarray, cam_s4: np.ndarray) -> None:

@@ -1,4 +1,5 @@
-"""The lists pole keeps one of each: its stages in order, its prompt strategies, its export formats.
+"""The lists pole keeps one of each: its stages in order, its prompt strategies, its export formats,
+the segmentation networks train_seg trains.
 
 Every entry names where its code lives as "module:attribute", imported only when it is used (`load`),
 so this module stays torch-free: the API lists and checks names with it, the pipeline runs them.
@@ -83,6 +84,16 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
 }
 
 
+# The segmentation networks train_seg can train (torchvision.models.segmentation names), each with the
+# torchvision classification network its backbone is: models.seg_weights are that network's weights.
+SEGMENTER_BACKBONES: dict[str, str] = {
+    "lraspp_mobilenet_v3_large": "mobilenet_v3_large",
+    "deeplabv3_mobilenet_v3_large": "mobilenet_v3_large",
+    "deeplabv3_resnet50": "resnet50",
+    "deeplabv3_resnet101": "resnet101",
+}
+
+
 def _always(_config) -> bool:
     return True
 
@@ -132,6 +143,21 @@ STAGES: tuple[Stage, ...] = (
     Stage("refine", 0.08, "refine"),
     Stage("crf", 0.02, "crf", enabled=lambda c: c.crf.enabled, enabled_when="crf.enabled is true"),
     Stage("eval_masks", 0.01, "eval", evaluation=True),
+    Stage(
+        "train_seg",
+        0.10,
+        "train_seg",
+        enabled=lambda c: c.train_seg.enabled,
+        enabled_when="train_seg.enabled is true",
+    ),
+    Stage(
+        "eval_seg",
+        0.02,
+        "train_seg",
+        evaluation=True,
+        enabled=lambda c: c.train_seg.enabled,
+        enabled_when="train_seg.enabled is true",
+    ),
     Stage("export", 0.02, "export"),
 )
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ml.spec.registry import SEGMENTER_BACKBONES
+
 CLIP = "clip"
 BACKBONE = "backbone"
 RANDOM = "random"
@@ -51,6 +53,12 @@ def weights_needed(config, stages: list[str]) -> list[WeightNeed]:
     if "train_irn" in stages and models.irn_weights != "cam":
         needs.append(
             WeightNeed(BACKBONE, "models.irn_backbone", models.irn_backbone, "models.irn_weights", models.irn_weights)
+        )
+    # The segmenter's backbone is a classifier's, advertised under that classifier's name.
+    if "train_seg" in stages:
+        backbone = SEGMENTER_BACKBONES[models.seg_arch]
+        needs.append(
+            WeightNeed(BACKBONE, "models.seg_arch's backbone", backbone, "models.seg_weights", models.seg_weights)
         )
     return needs
 

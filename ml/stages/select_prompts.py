@@ -1,9 +1,12 @@
 """Stage 2 (POLE): choose, per image and tag, the class word CLIP finds closest to the CAM-masked image.
 
-For every image and tag k: P_k = the baseline CAM of k, upsampled to the image and divided by its
-max; M_k = X * P_k on the un-normalised RGB image in [0, 1] (float maths: the public code's uint8
-cast of image*cam*255 overflows, and it reads BGR); encode M_k with CLIP, encode
-template.format(w) for every candidate w of class k, and keep the word with the highest cosine.
+For every image and tag k: P_k = the baseline CAM of k at full size, divided by its max: make_cams'
+multi-scale, flipped map (`cam` "multiscale", with make_cams.scales and make_cams.flip, as the public
+POLE selection masks with the baseline's `high_res` CAM) or one pass at scale 1 ("single"). M_k is
+the RGB image in [0, 1] masked by P_k, black or ImageNet's mean grey where P_k is 0 (`clip_fill`,
+ml/models/clip_encoder.py), in float maths (the public code's uint8 cast of image*cam*255
+overflows, and it reads BGR); encode M_k with CLIP, encode template.format(w) for every candidate w
+of class k, and keep the word with the highest cosine.
 
 Writes select_prompts/selections.jsonl (one object per (image, class): image, label, class,
 candidates, scores, chosen), candidates.json (per class: words, scores, source) and stage.json.
@@ -13,16 +16,19 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ml.cams import NORM_EPS, multiscale_cams
 from ml.device import pick_device, seed_everything
 from ml.health_checks import selection_warnings, warning
 from ml.loaders import to_tensor01
 from ml.models.backbone import imagenet_normalize
-from ml.models.cam_net import load_cam_net
-from ml.models.clip_encoder import FrozenClip, cosine
+from ml.models.cam_net import CamNet, load_cam_net
+from ml.models.clip_encoder import FrozenClip, cosine, masked_for_clip
 from ml.runtime import StageContext, atomic_dir, sha256_file, write_json, write_stage_record
+from ml.spec.config import PipelineConfig
 from ml.spec.layout import CANDIDATES, CHECKPOINT, SELECTIONS
 from ml.synonyms import Candidates, gather_candidates, rank_candidates
 from ml.training import autocast
@@ -44,13 +50,32 @@ def class_candidates(clip: FrozenClip, ctx: StageContext) -> dict[str, Candidate
     return ranked
 
 
-def masked_images(net, x01: torch.Tensor, labels: list[int], size: tuple[int, int]) -> torch.Tensor:
-    """(3, H, W) image in [0, 1] -> (T, 3, *size): the image times each tag's CAM scaled to [0, 1]."""
-    rows = torch.tensor(labels, device=x01.device) - 1
-    cams = net.cams(imagenet_normalize(x01[None]))[0, rows].float()  # (T, h, w)
-    cams = F.interpolate(cams[None], size=x01.shape[-2:], mode="bilinear", align_corners=False)[0]  # (T, H, W)
-    cams = cams / (cams.flatten(1).amax(1)[:, None, None] + 1e-5)
-    masked = x01[None] * cams[:, None]  # (T, 3, H, W)
+def selection_scales(config: PipelineConfig) -> tuple[tuple[float, ...], bool]:
+    """(scales, flip) of the CAMs that mask the images: make_cams' for "multiscale", else scale 1 alone."""
+    if config.select_prompts.cam == "multiscale":
+        return config.make_cams.scales, config.make_cams.flip
+    return (1.0,), False
+
+
+def tag_cams(net: CamNet, rgb: np.ndarray, tags: list[int], config: PipelineConfig) -> torch.Tensor:
+    """(H, W, 3) uint8 image -> (T, H, W) CAMs of its tags at full size, each divided by its max."""
+    if config.select_prompts.cam == "multiscale":
+        scales, flip = selection_scales(config)
+        ((cams, _),) = multiscale_cams(net, [rgb], [tags], scales, flip, config.make_cams.half_precision)
+        return cams
+    device = next(net.parameters()).device
+    x01 = to_tensor01(rgb).to(device)
+    rows = torch.tensor(tags, device=device) - 1
+    with torch.no_grad(), autocast(device):
+        cams = net.cams(imagenet_normalize(x01[None]))[0, rows].float()  # (T, h, w)
+        cams = F.interpolate(cams[None], size=x01.shape[-2:], mode="bilinear", align_corners=False)[0]
+        return cams / (cams.flatten(1).amax(1)[:, None, None] + NORM_EPS)
+
+
+def masked_images(x01: torch.Tensor, cams: torch.Tensor, size: tuple[int, int], fill: str) -> torch.Tensor:
+    """(3, H, W) image in [0, 1] and (T, H, W) CAMs in [0, 1] -> (T, 3, *size): the image masked by
+    each CAM (`fill` where it is 0), at CLIP's input size."""
+    masked = masked_for_clip(x01[None], cams[:, None], fill)  # (T, 3, H, W)
     return F.interpolate(masked, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -96,13 +121,14 @@ def run(ctx: StageContext) -> None:
     ranked = class_candidates(clip, ctx)
     words = {name: ranked[name].words for name in classes}
     word_features = {name: clip.encode_text([section.template.format(w) for w in ws]) for name, ws in words.items()}
+    scales, flip = selection_scales(config)
     records: list[dict] = []
     pairs: list[tuple[str, int]] = []  # (image id, label) pairs waiting for one batched CLIP encode
     pixels: list[torch.Tensor] = []
     for image, rgb in ctx.each_image():
-        x01 = to_tensor01(rgb).to(device)
+        cams = tag_cams(net, rgb, list(image.tags), config)
         with torch.no_grad(), autocast(device):
-            pixels.append(masked_images(net, x01, list(image.tags), clip.image_size))
+            pixels.append(masked_images(to_tensor01(rgb).to(device), cams, clip.image_size, section.clip_fill))
         pairs.extend((image.id, label) for label in image.tags)
         if len(pairs) >= section.batch_size:
             records += choose_words(clip, torch.cat(pixels), pairs, classes, words, word_features)
@@ -123,6 +149,7 @@ def run(ctx: StageContext) -> None:
             ctx,
             weights={"clip": clip.weights.record()},
             inputs={f"train_cam/{CHECKPOINT}": sha256_file(cam_path)},
+            cams={"scales": list(scales), "flip": flip},
             images=len({r["image"] for r in records}),
             warnings=notes,
         )

@@ -1,10 +1,13 @@
 """Stage 3: train the CAM network under CLIP guidance (the CLIMS objective with POLE's prompts).
 
-The backbone starts from train_cam/model.pt (conv1/bn1 stay frozen); the head gives per-pixel
-sigmoid maps P (B, K, h, w). For every (image, tag k) pair of a batch the crop and P_k are resized
-to CLIP's input size, fg = P_k * X and bg = (1 - P_k) * X are built from the un-normalised crop and
-encoded by the frozen CLIP; text features come from the chosen prompt strategy; adaptors (if any)
-map both; the loss is a*OTM + b*BTM + c*CBS + d*REG (ml/losses.py).
+The backbone starts from train_cam/model.pt (conv1/bn1's parameters stay frozen; its BatchNorm
+uses batch statistics or stays frozen per `batchnorm`); the head gives per-pixel sigmoid maps P
+(B, K, h, w). For every (image, tag k) pair of a batch the crop and P_k are resized to CLIP's input
+size, the foreground (P_k) and background (1 - P_k) images are masked with `clip_fill` (mean grey
+or black where the map is 0, see ml/models/clip_encoder.py) and encoded by the frozen CLIP; text
+features come from the chosen prompt strategy; adaptors (if any) map both for OTM and BTM, and for
+CBS too with `cbs_features` "adapted" ("raw": CLIP's own features); the loss is
+a*OTM + b*BTM + c*CBS + d*REG (ml/losses.py).
 
 Learning rates: backbone backbone_lr; classifier and adaptors head_lr (both are new layers);
 learnable prompt parts backbone_lr * prompt_lr_mult. Gradients are clipped to max_grad_norm when it
@@ -31,7 +34,7 @@ from ml.losses import PoleLoss, pole_loss
 from ml.models.adapters import Adaptor
 from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import CamNet, load_cam_net, save_cam_net
-from ml.models.clip_encoder import FrozenClip
+from ml.models.clip_encoder import FrozenClip, imagenet_mean_like, masked_for_clip
 from ml.models.prompt_learners import build_prompt_strategy
 from ml.runtime import StageContext, atomic_dir, sha256_file, write_json, write_stage_record
 from ml.spec.config import TrainPoleConfig, config_to_dict
@@ -50,22 +53,38 @@ class PoleObjective(nn.Module):
         self.text_adaptor = Adaptor(clip.embed_dim, section.adaptor, section.adaptor_ratio)
         self.background_prompts = [section.template.format(w) for w in section.background_words]
 
-    def forward(self, x01: torch.Tensor, labels: torch.Tensor, image_ids: Sequence[str]) -> PoleLoss:
-        """x01: (B, 3, C, C) crops in [0, 1]; labels: (B, K) multi-hot."""
-        device = x01.device
+    def forward(
+        self,
+        x01: torch.Tensor,
+        labels: torch.Tensor,
+        image_ids: Sequence[str],
+        padding: torch.Tensor | None = None,
+    ) -> PoleLoss:
+        """x01: (B, 3, C, C) crops in [0, 1], padded with 0 where `padding` (B, 1, C, C) is 1 (None:
+        no padding); labels: (B, K) multi-hot."""
+        device, section = x01.device, self.section
         rows, classes = labels.nonzero(as_tuple=True)  # (P,), (P,): one entry per (image, tag) pair
         with autocast(device):
             maps = self.net.pixel_maps(imagenet_normalize(x01))  # (B, K, h, w)
         size = self.clip.image_size
         maps = maps.float()
         pair_maps = F.interpolate(maps[rows, classes][:, None], size=size, mode="bilinear", align_corners=False)
+        if section.clip_fill == "mean" and padding is not None:
+            x01 = x01 + padding * imagenet_mean_like(x01)  # the public code pads the normalised image with 0
         crops = F.interpolate(x01, size=size, mode="bilinear", align_corners=False, antialias=True)[rows]
+        foreground = masked_for_clip(crops, pair_maps, section.clip_fill)  # (P, 3, *size)
+        background = masked_for_clip(crops, 1 - pair_maps, section.clip_fill)
         with autocast(device):
-            features = self.clip.encode_images(torch.cat([pair_maps * crops, (1 - pair_maps) * crops]))  # (2P, D)
+            features = self.clip.encode_images(torch.cat([foreground, background]))  # (2P, D)
         fg, bg = self.image_adaptor(features).chunk(2)  # (P, D) each
         text = self.text_adaptor(self.prompts(self.clip, [image_ids[i] for i in rows.tolist()], classes + 1))
-        background_text = self.text_adaptor(self.clip.encode_text(self.background_prompts))  # (M, D)
-        return pole_loss(fg, bg, text, background_text, maps, self.section.loss, self.section.cbs_threshold)
+        background_text = self.clip.encode_text(self.background_prompts)  # (M, D)
+        if section.cbs_features == "raw":
+            cbs_images = F.normalize(features.chunk(2)[0], dim=-1)
+            background_text = F.normalize(background_text, dim=-1)
+        else:
+            cbs_images, background_text = fg, self.text_adaptor(background_text)
+        return pole_loss(fg, bg, text, background_text, maps, section.loss, section.cbs_threshold, cbs_images)
 
     def param_groups(self) -> list[dict]:
         section = self.section
@@ -95,6 +114,7 @@ class PoleObjective(nn.Module):
 def build_objective(ctx: StageContext, device: torch.device) -> PoleObjective:
     config, section = ctx.config, ctx.config.train_pole
     net, _ = load_cam_net(ctx.checkpoint("train_cam"), device)
+    net.freeze_bn = section.batchnorm == "frozen"
     clip = FrozenClip(config.models.clip_model, config.models.clip_pretrained, device)
     chosen = None
     if PROMPT_STRATEGIES[section.prompt].uses_selected_words:
@@ -151,7 +171,7 @@ def run(ctx: StageContext) -> None:
         for batch in loader:
             usable = usable_batch(ctx, batch, device)
             if usable is not None:
-                loss = objective(usable["image"], usable["label"], usable["id"])
+                loss = objective(usable["image"], usable["label"], usable["id"], usable["padding"])
                 optimizer.zero_grad(set_to_none=True)
                 check_finite(loss.total, ctx.stage, epoch, step, "set train_pole.max_grad_norm or lower its lrs")
                 loss.total.backward()

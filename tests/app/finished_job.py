@@ -5,11 +5,15 @@ ends: marks the row succeeded and leaves the files the result routes read in its
 (the final masks, the CAMs, the export archive), a selection row per tag of each image, and one
 dropped image.
 `start_job` does what a worker does when it picks a job up.
+`add_segmenter` leaves the segmenter a train_seg stage trains (random weights), for prediction runs and
+downloads, and
+`run_queued_tasks` does here, in this process, what a worker does with the messages in the queue.
 """
 
 from __future__ import annotations
 
 import zipfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -17,13 +21,20 @@ from sqlalchemy import select
 
 from app.db import create_db_engine, make_sessionmaker, session_scope
 from app.models import Image as ImageRow
-from app.models import Job, JobState, Selection, utcnow
+from app.models import Job, JobState, PredictionRun, Selection, utcnow
+from app.queue import BUILD_ARCHIVE, BUILD_ONNX_MODEL, BUILD_PREDICTION_ARCHIVE, RUN_JOB, RUN_PREDICTION
 from app.settings import Settings
 from app.storage import dataset_dir, run_layout
-from ml.data.palette import save_mask_png
+from ml.data.palette import VOC_PALETTE, save_mask_png
 from ml.spec.config import config_from_dict
-from ml.spec.layout import save_cams
+from ml.spec.layout import CHECKPOINT, save_cams
 from ml.spec.registry import final_masks_stage
+from tests.app.service import take_queued_tasks
+from worker.archives import build_archive, build_onnx_model, build_prediction_archive
+from worker.lease import claim
+from worker.predictions import run_prediction
+
+SEGMENTER_ARCH = "lraspp_mobilenet_v3_large"  # the smallest the segmenter module builds
 
 
 def finish_job(settings: Settings, job_id: str, failed_image: str) -> None:
@@ -85,3 +96,51 @@ def start_job(settings: Settings, job_id: str) -> None:
         job = session.get(Job, job_id)
         job.state, job.started_at, job.heartbeat_at = JobState.running, utcnow(), utcnow()
     engine.dispose()
+
+
+def add_segmenter(settings: Settings, job_id: str) -> None:
+    """Leave in the job's run directory the segmenter a train_seg stage would, with random weights, and
+    its hash in the job's row, as a worker records it."""
+    engine = create_db_engine(settings.database_url)
+    with session_scope(make_sessionmaker(engine)) as session:
+        job = session.get(Job, job_id)
+        path = run_layout(settings, job_id).segmenter
+        sha256 = save_random_segmenter(path, job.dataset.classes, job.config)
+        job.checkpoints = {**job.checkpoints, "train_seg": {CHECKPOINT: sha256}}
+    engine.dispose()
+
+
+def save_random_segmenter(path: Path, classes: list[str], config: dict) -> str:
+    """A segmenter checkpoint as train_seg writes it, for `classes`, with random weights; returns its sha256."""
+    from ml.models.segmenter import build_segmenter, save_segmenter
+
+    model, weights = build_segmenter(SEGMENTER_ARCH, len(classes) + 1, "random")
+    # Untrained, the head's random biases outweigh the features and every pixel gets one label;
+    # without them the labels follow the image, so that tests comparing label maps compare something.
+    for head in (model.classifier.low_classifier, model.classifier.high_classifier):
+        head.bias.data.zero_()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_segmenter(path, model, SEGMENTER_ARCH, classes, classes, VOC_PALETTE, config, weights)
+
+
+def run_queued_tasks(settings: Settings) -> list[str]:
+    """Take every message off the queue and do here what a worker does with it; returns the task names.
+    A job's run is skipped: the tests finish their jobs with `finish_job`."""
+    engine = create_db_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    tasks = take_queued_tasks(settings)
+    for task, kwargs in tasks:
+        if task == RUN_PREDICTION:
+            lease = claim(sessions, settings, kwargs["prediction_id"], worker="test", table=PredictionRun)
+            if lease is not None:
+                run_prediction(lease)
+        elif task == BUILD_PREDICTION_ARCHIVE:
+            build_prediction_archive(sessions, settings, **kwargs)
+        elif task == BUILD_ARCHIVE:
+            build_archive(sessions, settings, **kwargs)
+        elif task == BUILD_ONNX_MODEL:
+            build_onnx_model(sessions, settings, **kwargs)
+        else:
+            assert task == RUN_JOB, task
+    engine.dispose()
+    return [task for task, _ in tasks]

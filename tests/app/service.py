@@ -25,6 +25,7 @@ import uvicorn
 
 from app.db import upgrade
 from app.main import create_app
+from app.queue import create_celery
 from app.settings import Settings
 from tests.conftest import make_tiny_dataset
 
@@ -190,6 +191,19 @@ def small_dataset(root: Path, images: int = 6) -> Path:
         (root / "masks" / f"{stem}.png").unlink()
     (root / "tags.csv").write_text("\n".join(lines[: 1 + images]) + "\n")
     return root
+
+
+def take_queued_tasks(settings: Settings) -> list[tuple[str, dict]]:
+    """(task name, kwargs) of every message waiting in the queue, taken off it as a worker would."""
+    taken = []
+    with create_celery(settings).connection_for_read() as connection, connection.SimpleQueue(settings.queue) as queue:
+        while True:
+            try:
+                message = queue.get(block=False)
+            except queue.Empty:
+                return taken
+            taken.append((message.headers["task"], message.payload[1]))
+            message.ack()
 
 
 def upload(client: httpx.Client, zip_path: Path) -> httpx.Response:

@@ -74,6 +74,7 @@ def test_a_job_is_created_with_its_resolved_config(alice, dataset_id):
         ({"colour": "red"}, "colour: Extra inputs are not permitted"),
         ({"config": {"models": {"cam_weights": "/etc/passwd"}}}, "weight files cannot be named through the API"),
         ({"config": {"models": {"clip_pretrained": "evil.pt"}}}, "POLE_ALLOW_WEIGHT_FILES=1"),
+        ({"config": {"models": {"seg_weights": "/etc/passwd"}}}, "models.seg_weights='/etc/passwd': weight files"),
     ],
 )
 def test_bad_job_requests_say_what_to_fix(alice, dataset_id, body, phrase):
@@ -193,11 +194,22 @@ def test_job_configs_over_the_operators_limits_are_refused_with_every_excess_nam
     with ApiServer(settings) as api, api.client(new_key(settings, "alice")) as client:
         with open(dataset_zip, "rb") as f:
             dataset_id = client.post("/v1/datasets", files={"file": ("d.zip", f)}).json()["id"]
-        config = {"train_cam": {"epochs": 11}, "train_irn": {"epochs": 500}, "num_workers": 3}
+        config = {
+            "train_cam": {"epochs": 11},
+            "train_irn": {"epochs": 500},
+            "train_seg": {"enabled": True, "epochs": 12},
+            "num_workers": 3,
+        }
         refused = client.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small", "config": config})
         assert refused.status_code == 422
         detail = refused.json()["detail"]
-        for part in ("train_cam.epochs=11", "train_irn.epochs=500", "POLE_MAX_EPOCHS", "num_workers=3"):
+        for part in (
+            "train_cam.epochs=11",
+            "train_irn.epochs=500",
+            "train_seg.epochs=12",
+            "POLE_MAX_EPOCHS",
+            "num_workers=3",
+        ):
             assert part in detail
         config = {"train_cam": {"epochs": 10}, "num_workers": 2}
         accepted = client.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small", "config": config})

@@ -13,28 +13,15 @@ import zipfile
 import pytest
 
 from app.db import create_db_engine, make_sessionmaker
-from app.queue import BUILD_ARCHIVE, create_celery
+from app.queue import BUILD_ARCHIVE
 from app.storage import run_layout
 from ml.spec.config import resolve_config
 from ml.spec.registry import final_masks_stage
 from tests.app.finished_job import finish_job
-from tests.app.service import upload
+from tests.app.service import take_queued_tasks, upload
 from worker.archives import build_archive
 
 DROPPED = "img05"
-
-
-def take_queued_tasks(settings) -> list[tuple[str, dict]]:
-    """(task name, kwargs) of every message waiting in the queue, taken off it as a worker would."""
-    taken = []
-    with create_celery(settings).connection_for_read() as connection, connection.SimpleQueue(settings.queue) as queue:
-        while True:
-            try:
-                message = queue.get(block=False)
-            except queue.Empty:
-                return taken
-            taken.append((message.headers["task"], message.payload[1]))
-            message.ack()
 
 
 def run_builds(settings, tasks: list[tuple[str, dict]]) -> None:

@@ -18,7 +18,10 @@ from tests.app.service import ApiServer, make_settings, upload
 
 # What every worker holds: the sample world's CLIP ships with pole.
 SHIPPED_ONLY = {"clip": [["pole-tiny", "pole-world"]], "backbone": []}
-PAPER_WEIGHTS = {"clip": [["ViT-B-32", "openai"], ["pole-tiny", "pole-world"]], "backbone": [["resnet50", "imagenet"]]}
+PAPER_WEIGHTS = {
+    "clip": [["ViT-B-32", "openai"], ["pole-tiny", "pole-world"]],
+    "backbone": [["resnet101", "imagenet"], ["resnet50", "imagenet"]],  # resnet101: train_seg's DeepLab
+}
 
 
 @pytest.fixture
@@ -60,14 +63,17 @@ def test_a_job_whose_weights_no_live_worker_holds_is_refused_naming_each_setting
         assert accepted.status_code == 201, accepted.text
         assert accepted.json()["message"] is None
     # Stages the config leaves out load nothing: the CAM baseline needs no CLIP.
-    baseline = {"train_pole": {"enabled": False}, "models": {"cam_weights": "random", "irn_weights": "cam"}}
+    baseline = {
+        "train_pole": {"enabled": False},
+        "models": {"cam_weights": "random", "irn_weights": "cam", "seg_weights": "random"},
+    }
     accepted = alice.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "paper", "config": baseline})
     assert accepted.status_code == 201, accepted.text
 
 
 def test_a_job_goes_ahead_once_one_live_worker_holds_all_its_weights(settings, alice, dataset_id):
     register_worker(settings, "clip-only@here", {"clip": [["ViT-B-32", "openai"]], "backbone": []})
-    register_worker(settings, "resnet-only@here", {"clip": [], "backbone": [["resnet50", "imagenet"]]})
+    register_worker(settings, "resnet-only@here", {"clip": [], "backbone": PAPER_WEIGHTS["backbone"]})
     refused = alice.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "paper"})
     assert refused.status_code == 409, refused.text
     assert refused.json()["detail"].startswith("no single live worker has all the weights of models.cam_weights")

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import io
 import zipfile
+from unittest.mock import ANY
 
 import pytest
 import schemathesis
+
+from tests.app.finished_job import add_segmenter, finish_job
+
+PREDICTION = "/v1/jobs/{job_id}/predictions/{prediction_id}"
 
 # Reviewed by hand: a status added to a route must be added here, with the route's declaration.
 DECLARED = {
@@ -31,6 +36,13 @@ DECLARED = {
     ("GET", "/v1/jobs/{job_id}/images/{image_id}/overlay.png"): {200, 400, 401, 404, 409, 422, 500},
     ("GET", "/v1/jobs/{job_id}/images/{image_id}/cams.png"): {200, 400, 401, 404, 409, 422, 500},
     ("GET", "/v1/jobs/{job_id}/metrics"): {200, 400, 401, 404, 422, 500},
+    ("GET", "/v1/jobs/{job_id}/model"): {200, 202, 400, 401, 404, 409, 410, 422, 500, 503},
+    ("POST", "/v1/jobs/{job_id}/predictions"): {201, 400, 401, 404, 409, 413, 415, 422, 500, 503},
+    ("GET", "/v1/jobs/{job_id}/predictions"): {200, 400, 401, 404, 422, 500},
+    ("GET", PREDICTION): {200, 400, 401, 404, 422, 500},
+    ("GET", f"{PREDICTION}/archive"): {200, 202, 400, 401, 404, 409, 410, 422, 500, 503},
+    ("GET", f"{PREDICTION}/images/{{image_id}}/mask.png"): {200, 400, 401, 404, 409, 410, 422, 500},
+    ("GET", f"{PREDICTION}/images/{{image_id}}/overlay.png"): {200, 400, 401, 404, 409, 410, 422, 500},
 }
 ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
 
@@ -75,12 +87,14 @@ def test_every_v1_operation_needs_the_bearer_key_and_health_does_not(document):
 
 def test_binary_results_are_declared_with_their_media_types(document):
     binary = {"schema": {"type": "string", "format": "binary"}}
-    assert document["paths"]["/v1/jobs/{job_id}/archive"]["get"]["responses"]["200"]["content"] == {
-        "application/zip": binary
-    }
-    for kind in ("mask", "overlay", "cams"):
-        response = document["paths"][f"/v1/jobs/{{job_id}}/images/{{image_id}}/{kind}.png"]["get"]["responses"]
-        assert response["200"]["content"] == {"image/png": binary}
+    for archive in ("/v1/jobs/{job_id}/archive", f"{PREDICTION}/archive"):
+        assert document["paths"][archive]["get"]["responses"]["200"]["content"] == {"application/zip": binary}
+    images = [f"/v1/jobs/{{job_id}}/images/{{image_id}}/{kind}.png" for kind in ("mask", "overlay", "cams")]
+    images += [f"{PREDICTION}/images/{{image_id}}/{kind}.png" for kind in ("mask", "overlay")]
+    for path in images:
+        assert document["paths"][path]["get"]["responses"]["200"]["content"] == {"image/png": binary}
+    model = document["paths"]["/v1/jobs/{job_id}/model"]["get"]["responses"]["200"]["content"]
+    assert model == {"application/octet-stream": binary}
 
 
 def test_upload_answers_match_the_document(api, alice, dataset_zip):
@@ -99,6 +113,32 @@ def test_upload_answers_match_the_document(api, alice, dataset_zip):
     assert answers[4].json()["problems"][0]["file"] == "tags.csv"
     for answer in answers:
         answer.request.read()  # multipart bodies go out streamed; the validator reads the request too
+        operation.validate_response(answer)
+
+
+def test_prediction_upload_answers_match_the_document(api, alice, settings, dataset_zip):
+    """Neither is this upload's body fuzzed."""
+    operation = schemathesis.openapi.from_url(f"{api.url}/openapi.json")["/v1/jobs/{job_id}/predictions"]["POST"]
+    dataset_id = alice.post("/v1/datasets", files={"file": ("small.zip", dataset_zip.read_bytes())}).json()["id"]
+    job_id = alice.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small"}).json()["id"]
+    path = f"/v1/jobs/{job_id}/predictions"
+    with api.client() as anonymous:
+        answers = [anonymous.post(path, files={"file": ("a.zip", b"PK")})]
+    answers.append(alice.post("/v1/jobs/nope/predictions", files={"file": ("a.zip", b"PK")}))
+    answers.append(alice.post(path, files={"file": ("a.zip", dataset_zip.read_bytes())}))  # the job is queued
+    finish_job(settings, job_id, failed_image="img05")
+    add_segmenter(settings, job_id)
+    answers += [
+        alice.post(path, data={"other": "x"}),
+        alice.post(path, files={"file": ("a.zip", b"not a zip")}),
+        alice.post(path, files={"images": ("a.zip", b"PK")}),
+        alice.post(path, files={"file": ("notes.txt", b"no pixels")}),
+        alice.post(path, files={"file": ("small.zip", dataset_zip.read_bytes())}),
+    ]
+    assert [answer.status_code for answer in answers] == [401, 404, 409, 415, 400, 422, 422, 201]
+    assert answers[6].json()["problems"] == [{"file": "notes.txt", "line": None, "message": ANY}]
+    for answer in answers:
+        answer.request.read()
         operation.validate_response(answer)
 
 

@@ -1,11 +1,13 @@
 """The live OpenAPI document, fuzzed by schemathesis over real HTTP: no 5xx, every answer as documented.
 
-The key owns a dataset and three jobs on it: one succeeded with results (one image dropped), one
-cancelled, one running (so the dataset can never be deleted under the run). Three requests in four
-carry that key with those ids in the path, the query and the body, so that the routes get past
+The key owns a dataset and three jobs on it: one succeeded with results (one image dropped) and a
+segmenter, one cancelled, one running (so the dataset can never be deleted under the run); and two
+prediction runs of the succeeded job, one succeeded (one image corrupt), one queued. Three requests in
+four carry that key with those ids in the path, the query and the body, so that the routes get past
 their 401s and 404s; the rest are sent as generated. Valid and invalid inputs are both generated
-(NUL bytes included); the run is deterministic and bounded. The upload's multipart body is not
-generated here: tests/app/test_uploads.py and tests/app/test_path_inputs.py send bad ones by hand.
+(NUL bytes included); the run is deterministic and bounded. The uploads' multipart bodies are not
+generated here: tests/app/test_uploads.py, tests/app/test_predictions.py and
+tests/app/test_path_inputs.py send bad ones by hand.
 """
 
 from __future__ import annotations
@@ -23,21 +25,21 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.routes import datasets, health, jobs, results
+from app.routes import datasets, health, jobs, predictions, results
 from tests.app.conftest import new_key
-from tests.app.finished_job import finish_job, start_job
+from tests.app.finished_job import add_segmenter, finish_job, run_queued_tasks, start_job
 from tests.app.service import ApiServer, make_dataset_zip, make_settings, small_dataset, upload
 
 EXAMPLES_PER_OPERATION = 50
 CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
 OPERATIONS = sorted(
     (method, route.path)
-    for module in (health, datasets, jobs, results)
+    for module in (health, datasets, jobs, results, predictions)
     for route in module.router.routes
     for method in route.methods
 )
-UPLOAD = ("POST", "/v1/datasets")
-FUZZED = [op for op in OPERATIONS if op != UPLOAD]
+UPLOADS = {("POST", "/v1/datasets"), ("POST", "/v1/jobs/{job_id}/predictions")}
+FUZZED = [op for op in OPERATIONS if op not in UPLOADS]
 # Readiness answers its documented 503 here: no worker runs beside this server.
 SERVER_ERRORS_EXPECTED = {("GET", "/readyz")}
 
@@ -58,7 +60,20 @@ def live(tmp_path_factory):
             assert client.post(f"/v1/jobs/{cancelled}/cancel").json()["state"] == "cancelled"
         finish_job(settings, finished, failed_image="img05")
         start_job(settings, running)
-        ids = {"dataset_id": [dataset["id"]], "job_id": [finished, cancelled, running], "image_id": ["img00", "img05"]}
+        add_segmenter(settings, finished)
+        # Named as the dataset's images, so that the image ids below name images of both; img05 is corrupt.
+        (root / "small" / "images" / "img05.png").write_bytes(b"not an image")
+        images = {"file": ("new.zip", make_dataset_zip(root / "small" / "images", root / "new.zip").read_bytes())}
+        with api.client(key) as client:
+            labelled = client.post(f"/v1/jobs/{finished}/predictions", files=images).json()["id"]
+            run_queued_tasks(settings)
+            queued = client.post(f"/v1/jobs/{finished}/predictions", files=images).json()["id"]
+        ids = {
+            "dataset_id": [dataset["id"]],
+            "job_id": [finished, cancelled, running],
+            "prediction_id": [labelled, queued],
+            "image_id": ["img00", "img05"],
+        }
         yield {"api": api, "key": key, "ids": ids}
 
 

@@ -7,10 +7,13 @@ for their secret, and the canaries and everything else outside the data director
 Where a user string meets the file system (app/ and ml/data, audited):
 - a job's `preset` picks one of the shipped presets by name; no path is built from it;
 - the archive's `format` must be one of the export formats pole knows (ml.spec.registry) before the
-  run layout names a file;
-- dataset, job and image ids in the URL are looked up among the key's own rows before any path is
-  built, and then only from the stored row (its server-made id and path);
-- archive member names are checked by ml.data.archive before anything is written;
+  run layout names a file; the model's is `pytorch` or `onnx`, and the run layout names its files;
+- dataset, job, prediction run and image ids in the URL are looked up among the key's own rows before
+  any path is built, and then only from the stored row (its server-made id and path);
+- archive member names are checked by ml.data.archive before anything is written, for dataset and
+  prediction uploads alike;
+- a prediction upload of one image keeps its file name only when that is a plain file name
+  (ml.data.loose_images.plain_file_name), and an image's id is the stem of a name checked so;
 - tags.csv image names and VOC split-list ids are matched against the files of images/ and
   JPEGImages/, never joined onto a folder;
 - tags.csv split values must be plain names (exports name a file after each split), VOC's are the
@@ -39,7 +42,7 @@ from app.db import create_db_engine
 from app.models import Dataset, Job
 from ml.spec.config import PRESETS_DIR
 from tests.app.conftest import new_key
-from tests.app.finished_job import finish_job
+from tests.app.finished_job import add_segmenter, finish_job, run_queued_tasks
 from tests.app.service import ApiServer, make_dataset_zip, make_settings, small_dataset, upload
 
 SECRET = f"CANARY-{uuid.uuid4().hex}"
@@ -62,13 +65,18 @@ class Live:
         self.zip_path = make_dataset_zip(folder, root / "small.zip")
 
     def serve(self, server: ApiServer) -> None:
-        """Own a dataset and a succeeded job on `server`, then note everything outside the data directory."""
+        """Own a dataset, a succeeded job with a segmenter and a prediction run of it on `server`, then
+        note everything outside the data directory."""
         self.server, self.key = server, new_key(self.settings, "paths")
         with server.client(self.key) as client:
             self.dataset_id = upload(client, self.zip_path).json()["id"]
             job = client.post("/v1/jobs", json={"dataset_id": self.dataset_id, "preset": "cpu-small"}).json()
-        self.job_id = job["id"]
-        finish_job(self.settings, self.job_id, failed_image="img05")
+            self.job_id = job["id"]
+            finish_job(self.settings, self.job_id, failed_image="img05")
+            add_segmenter(self.settings, self.job_id)
+            images = {"file": ("img00.png", dict(self.members)["images/img00.png"])}
+            self.prediction_id = client.post(f"/v1/jobs/{self.job_id}/predictions", files=images).json()["id"]
+        run_queued_tasks(self.settings)
         self.outside = self.snapshot()
 
     def snapshot(self) -> dict[str, tuple[int, int, bytes]]:
@@ -86,6 +94,7 @@ class Live:
             "canary_preset": os.path.relpath(self.root / "canary", PRESETS_DIR),
             "canary_preset_file": str(self.root / "canary.json"),
             "job": self.job_id,
+            "prediction": self.prediction_id,
         }
 
     def raw(self, method: str, target: str, body: bytes | None = None, headers: dict | None = None):
@@ -100,7 +109,7 @@ class Live:
         finally:
             connection.close()
 
-    def upload_bytes(self, content: bytes, filename: bytes = b"d.zip"):
+    def upload_bytes(self, content: bytes, filename: bytes = b"d.zip", path: str = "/v1/datasets"):
         boundary = uuid.uuid4().hex
         body = (
             f"--{boundary}\r\n".encode()
@@ -111,7 +120,7 @@ class Live:
             + content
             + f"\r\n--{boundary}--\r\n".encode()
         )
-        return self.raw("POST", "/v1/datasets", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return self.raw("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
     def counts(self) -> tuple[int, int]:
         engine = create_db_engine(self.settings.database_url)
@@ -196,6 +205,13 @@ ROUTES = [
     ("GET", "/v1/jobs/{job}/images/{}/mask.png"),
     ("GET", "/v1/jobs/{job}/images/{}/overlay.png"),
     ("GET", "/v1/jobs/{job}/images/{}/cams.png"),
+    ("GET", "/v1/jobs/{}/model"),
+    ("GET", "/v1/jobs/{}/predictions"),
+    ("POST", "/v1/jobs/{}/predictions"),
+    ("GET", "/v1/jobs/{job}/predictions/{}"),
+    ("GET", "/v1/jobs/{job}/predictions/{}/archive"),
+    ("GET", "/v1/jobs/{job}/predictions/{prediction}/images/{}/mask.png"),
+    ("GET", "/v1/jobs/{job}/predictions/{prediction}/images/{}/overlay.png"),
 ]
 IDS = {
     "dot dot": "..",
@@ -215,7 +231,8 @@ IDS = {
 @pytest.mark.parametrize(("method", "route"), ROUTES, ids=[f"{m} {r}" for m, r in ROUTES])
 def test_ids_in_the_url_name_rows_never_files(live, method, route, value):
     placeholders = live.placeholders()
-    target = route.replace("{job}", placeholders["job"]).replace("{}", value.format(**placeholders))
+    target = route.replace("{job}", placeholders["job"]).replace("{prediction}", placeholders["prediction"])
+    target = target.replace("{}", value.format(**placeholders))
     live.assert_refused(*live.raw(method, target), {400, 404})
 
 
@@ -224,7 +241,13 @@ FORMATS = ["../../../canary", "/etc/passwd", "..%2f..%2fcanary", "cvat%00", "cva
 
 @pytest.mark.parametrize("value", FORMATS)
 def test_the_archive_format_is_a_name_pole_knows_never_a_path(live, value):
-    live.assert_refused(*live.raw("GET", f"/v1/jobs/{live.job_id}/archive?format={value}"), {400, 404, 422})
+    for archive in (f"/v1/jobs/{live.job_id}", f"/v1/jobs/{live.job_id}/predictions/{live.prediction_id}"):
+        live.assert_refused(*live.raw("GET", f"{archive}/archive?format={value}"), {400, 404, 422})
+
+
+@pytest.mark.parametrize("value", [*FORMATS, "onnx/../pytorch"])
+def test_the_model_format_is_one_of_its_names_never_a_path(live, value):
+    live.assert_refused(*live.raw("GET", f"/v1/jobs/{live.job_id}/model?format={value}"), {400, 422})
 
 
 # --- what an uploaded archive names --------------------------------------------------------------
@@ -243,9 +266,11 @@ MEMBERS = {
 
 @pytest.mark.parametrize("member", MEMBERS.values(), ids=MEMBERS.keys())
 def test_hostile_archive_members_are_refused(live, member):
-    refusal = live.assert_refused(*live.upload_bytes(_zip([*live.members, member(live)])), {400})
-    assert refusal["detail"].startswith("archive refused: ")
-    assert list(live.settings.uploads_dir.iterdir()) == []
+    content = _zip([*live.members, member(live)])
+    for path in ("/v1/datasets", f"/v1/jobs/{live.job_id}/predictions"):
+        refusal = live.assert_refused(*live.upload_bytes(content, path=path), {400})
+        assert refusal["detail"].startswith("archive refused: "), path
+        assert list(live.settings.uploads_dir.iterdir()) == []
 
 
 def test_a_member_name_that_is_not_the_utf8_it_claims_is_refused(live):
@@ -303,4 +328,23 @@ def test_the_upload_filename_is_only_a_display_name(live):
     dataset = json.loads(answer)
     assert dataset["name"] == name[:255]
     assert (live.settings.datasets_dir / dataset["id"] / "tags.csv").is_file()
+    assert live.snapshot() == live.outside
+
+
+LONE_NAMES = {  # the multipart file name -> the name the image is kept under
+    b"../../canary.txt": "canary.txt",
+    b"/etc/passwd": "passwd",
+    b"..\\..\\canary.png": "canary.png",
+    b".hidden.png": "image",
+    b"x" * 300 + b".png": "x" * 255,  # the display name is cut to 255 characters first
+}
+
+
+@pytest.mark.parametrize(("filename", "kept"), LONE_NAMES.items())
+def test_a_lone_images_file_name_is_kept_only_as_a_plain_name(live, filename, kept):
+    image = dict(live.members)["images/img00.png"]
+    status, answer = live.upload_bytes(image, filename, path=f"/v1/jobs/{live.job_id}/predictions")
+    assert status == 201, answer
+    inputs = live.settings.predictions_dir / json.loads(answer)["id"] / "inputs"
+    assert [path.name for path in inputs.iterdir()] == [kept]
     assert live.snapshot() == live.outside

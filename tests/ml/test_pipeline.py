@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import ml.cams
+from ml.cams import multiscale_cams
 from ml.data import load_dataset
 from ml.data.images import read_image, read_mask
 from ml.loaders import images_to_tensor01
@@ -23,7 +25,6 @@ from ml.runtime import Cancelled, StageContext
 from ml.spec.config import config_to_dict, resolve_config
 from ml.spec.layout import CONTACT_SHEET, WORDS_RADAR, RunLayout
 from ml.stages import make_cams
-from ml.stages.make_cams import multiscale_cams
 from tests.conftest import all_background_miou
 
 TRAINING_STAGES = ("train_cam", "select_prompts", "train_pole")
@@ -59,9 +60,9 @@ def one_pass_at_a_time(net: CamNet, image: np.ndarray, keys, scales) -> tuple[to
     return tuple(m / (m.flatten(1).amax(1).view(-1, 1, 1) + 1e-5) for m in (full, strided))
 
 
-@pytest.mark.parametrize("pass_pixels", [make_cams.CPU_PASS_PIXELS, 3000])  # 3000: larger scales split
+@pytest.mark.parametrize("pass_pixels", [ml.cams.CPU_PASS_PIXELS, 3000])  # 3000: larger scales split
 def test_batched_cams_equal_one_pass_at_a_time(monkeypatch, pass_pixels):
-    monkeypatch.setattr(make_cams, "CPU_PASS_PIXELS", pass_pixels)
+    monkeypatch.setattr(ml.cams, "CPU_PASS_PIXELS", pass_pixels)
     torch.manual_seed(0)
     net = CamNet("resnet18", 4).eval()
     rng = np.random.default_rng(0)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ml.models.clip_encoder import FrozenClip
+from ml.spec.registry import SEGMENTER_BACKBONES
 from ml.weights import WeightsError, held_weight_tags, resolve_backbone, resolve_clip
 
 
@@ -42,7 +43,7 @@ def test_bogus_clip_tag_or_missing_file_lists_the_choices(offline):
         resolve_clip("ViT-B-32", "/nonexistent/clip.pt")
     with pytest.raises(WeightsError, match="not an open_clip model; available: .*ViT-B-32"):
         resolve_clip("ViT-Q-99", "openai")
-    with pytest.raises(WeightsError, match="models.cam_weights / models.irn_weights: weight file .* not found"):
+    with pytest.raises(WeightsError, match="models.cam_weights / models.irn_weights / models.seg_weights: weight file"):
         resolve_backbone("resnet18", "/nonexistent/resnet.pth")
     with pytest.raises(WeightsError, match="use 'imagenet', a local .pth file, or 'random'"):
         resolve_backbone("resnet18", "imagenet21k")
@@ -81,3 +82,20 @@ def test_a_worker_holds_the_shipped_clip_and_the_named_tags_whose_files_it_has(o
     # What a worker advertises is what it resolves without a network.
     assert resolve_clip("ViT-B-32", "openai").path == weights / "ViT-B-32-openai.pt"
     assert resolve_backbone("resnet50", "imagenet").path == weights / "resnet50-0676ba61.pth"
+
+
+def test_a_worker_holds_the_segmenter_backbones_whose_imagenet_files_it_has(offline, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "huggingface"))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    files = {  # torchvision's IMAGENET1K_V1 files, as models.seg_weights="imagenet" resolves them
+        "mobilenet_v3_large": "mobilenet_v3_large-8738ca79.pth",
+        "resnet50": "resnet50-0676ba61.pth",
+        "resnet101": "resnet101-63fe2227.pth",
+    }
+    assert set(files) == set(SEGMENTER_BACKBONES.values())
+    for name in files.values():
+        (weights / name).touch()
+    assert held_weight_tags()["backbone"] == [[name, "imagenet"] for name in sorted(files)]
+    for backbone, name in files.items():
+        assert resolve_backbone(backbone, "imagenet").path == weights / name

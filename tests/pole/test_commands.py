@@ -56,7 +56,7 @@ def test_keys_need_the_schema_first(tmp_path):
     refused = pole(settings, "keys", "create", "--name", "x")
     assert refused.returncode != 0 and "run `pole db upgrade` first" in refused.stderr
     upgraded = pole(settings, "db", "upgrade")
-    assert upgraded.returncode == 0 and "at revision 0003" in upgraded.stdout
+    assert upgraded.returncode == 0 and "at revision 0004" in upgraded.stdout
     assert pole(settings, "keys", "create", "--name", "x").returncode == 0
 
 

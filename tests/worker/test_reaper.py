@@ -1,8 +1,12 @@
-"""The reaper: stale jobs requeued (with a real message on the embedded queue), failed past the cap."""
+"""The reaper: stale jobs and prediction runs requeued (with a real message on the embedded queue), failed
+past the cap."""
 
 from __future__ import annotations
 
-from app.models import JobState, utcnow
+from datetime import timedelta
+
+from app.db import session_scope
+from app.models import Job, JobState, PredictionRun, utcnow
 from tests.worker.conftest import job_row, queued_messages
 from worker.reaper import reap
 
@@ -50,3 +54,23 @@ def test_a_requeued_job_nobody_took_is_sent_again(settings, sessions, make_job, 
     assert reap(sessions, settings, celery) == {}  # not again until another stale period has passed
     assert job_row(sessions, never_run).heartbeat_at is None
     assert len(queued_messages(settings)) == 1
+
+
+def test_a_stale_prediction_run_is_requeued_as_a_job_is(settings, sessions, make_job, celery):
+    job_id = make_job(state=JobState.succeeded)
+    stale = utcnow() - timedelta(seconds=settings.stale_after_seconds + 2)
+    with session_scope(sessions) as session:
+        owner_id = session.get(Job, job_id).owner_id
+        run = PredictionRun(
+            owner_id=owner_id, job_id=job_id, name="new.zip", images={"a": "a.png"}, image_count=1,
+            state=JobState.running, lease="a", worker="gone", attempts=1, heartbeat_at=stale,
+        )  # fmt: skip
+        session.add(run)
+        session.flush()
+        prediction_id = run.id
+    assert reap(sessions, settings, celery) == {prediction_id: "requeued"}
+    with sessions() as session:
+        row = session.get(PredictionRun, prediction_id)
+        assert (row.state, row.lease, row.attempts) == (JobState.queued, None, 1)
+    messages = queued_messages(settings)
+    assert len(messages) == 1 and prediction_id in messages[0] and "pole.run_prediction" in messages[0]

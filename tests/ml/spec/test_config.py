@@ -22,10 +22,28 @@ def test_paper_preset_is_the_method_numbers():
     config = resolve_config("paper")
     assert config.train_cam.epochs == 5 and config.train_cam.augment.crop_size == 512
     assert (config.train_pole.loss.otm, config.train_pole.loss.btm, config.train_pole.loss.cbs) == (10, 25, 1)
-    assert config.train_pole.optim.momentum == 0.9
+    assert config.train_pole.optim.momentum == 0.0  # the public code's in effect (tests/ml/spec/test_public_code.py)
     assert config.make_cams.scales == (1.0, 0.5, 1.5, 2.0)
     assert config.refine.beta == 10 and config.refine.exp_times == 8 and config.refine.radius == 5
     assert config.export.formats == ("cvat",)
+    assert (config.models.seg_arch, config.models.seg_weights) == ("deeplabv3_resnet101", "imagenet")
+    seg = config.train_seg
+    assert seg.enabled and (seg.epochs, seg.batch_size, seg.lr, seg.augment.crop_size) == (30, 16, 0.01, 512)
+    assert (seg.optim.momentum, seg.optim.poly_power) == (0.9, 0.9)
+
+
+def test_the_segmenter_trains_in_the_paper_and_demo_presets_not_in_the_tests_one():
+    assert resolve_config("paper").train_seg.enabled and resolve_config("demo").train_seg.enabled
+    assert not resolve_config("cpu-small").train_seg.enabled
+    assert resolve_config("demo").models.seg_weights == "random"  # no ImageNet weights offline
+
+
+def test_segmenter_choices_come_from_the_registry():
+    for arch in registry.SEGMENTER_BACKBONES:
+        assert resolve_config("paper", {"models": {"seg_arch": arch}}).models.seg_arch == arch
+    with pytest.raises(ConfigError) as caught:
+        resolve_config("paper", {"models": {"seg_arch": "fcn_resnet50"}})
+    assert f"models.seg_arch: choose one of {', '.join(registry.SEGMENTER_BACKBONES)}" in str(caught.value)
 
 
 def test_overrides_apply_in_order_and_round_trip():
@@ -134,6 +152,13 @@ def test_negative_gradient_clipping_is_refused():
         ({"make_seeds": {"crf": {"iterations": -1}}}, "make_seeds.crf.iterations: must be >= 0, got -1"),
         ({"eval": {"sweep": [0.5, 0.1, 0.05]}}, "eval.sweep: expected [start, stop, step] with start <= stop"),
         ({"train_irn": {"rescale": [1.0]}}, "train_irn.rescale[1]: missing"),
+        ({"train_seg": {"epochs": 0}}, "train_seg.epochs: must be >= 1, got 0"),
+        ({"train_seg": {"batch_size": 0}}, "train_seg.batch_size: must be >= 1, got 0"),
+        ({"train_seg": {"lr": 0}}, "train_seg.lr: must be > 0"),
+        ({"train_seg": {"optim": {"momentum": 1.5}}}, "train_seg.optim.momentum: must be < 1"),
+        ({"train_seg": {"augment": {"crop_size": 4}}}, "train_seg.augment.crop_size: must be >= 16, got 4"),
+        ({"train_seg": {"enabled": "yes"}}, "train_seg.enabled: expected true or false, got 'yes'"),
+        ({"models": {"seg_weights": ""}}, "models.seg_weights: expected at least 1 character"),
     ],
 )
 def test_out_of_range_values_are_refused(override, phrase):

@@ -17,9 +17,10 @@ def test_the_enabled_stages_decide_which_weights_are_needed():
         ("models.cam_weights", "imagenet"),
         ("models.clip_pretrained", "openai"),
         ("models.irn_weights", "imagenet"),
+        ("models.seg_weights", "imagenet"),
     ]
     # The CAM baseline: no train_pole, hence no select_prompts, hence no CLIP.
-    assert needed("paper", {"train_pole": {"enabled": False}}) == [
+    assert needed("paper", {"train_pole": {"enabled": False}, "train_seg": {"enabled": False}}) == [
         ("models.cam_weights", "imagenet"),
         ("models.irn_weights", "imagenet"),
     ]
@@ -27,6 +28,16 @@ def test_the_enabled_stages_decide_which_weights_are_needed():
     assert needed("cpu-small") == [("models.cam_weights", "random"), ("models.clip_pretrained", "pole-world")]
     # A resumed run loads only what its pending stages load.
     assert needed("paper", stages=["train_irn", "refine"]) == [("models.irn_weights", "imagenet")]
+
+
+def test_the_segmenter_needs_the_weights_of_the_classifier_its_backbone_is():
+    config = resolve_config("paper", {"models": {"seg_arch": "lraspp_mobilenet_v3_large"}})
+    (need,) = weights_needed(config, ["train_seg", "eval_seg"])
+    assert (need.kind, need.model, need.weights) == (BACKBONE, "mobilenet_v3_large", "imagenet")
+    assert need.weights_setting == "models.seg_weights" and need.model_setting.startswith("models.seg_arch")
+    assert holds({BACKBONE: [["mobilenet_v3_large", "imagenet"]]}, need)
+    assert not holds({BACKBONE: [["lraspp_mobilenet_v3_large", "imagenet"]]}, need)
+    assert weights_needed(config, ["eval_seg"]) == []  # evaluation loads the run's own checkpoint
 
 
 def test_a_tag_must_be_advertised_while_random_and_files_need_no_advertisement():

@@ -6,6 +6,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -19,7 +20,7 @@ from ml.pipeline import run_pipeline
 from ml.runtime import Cancelled, StageContext, sha256_file
 from ml.spec.config import resolve_config
 from ml.stages import train_cam, train_pole
-from ml.stages.select_prompts import choose_words, masked_images
+from ml.stages.select_prompts import choose_words, masked_images, tag_cams
 from ml.training import poly_sgd, training_images
 from pole.cli import main as pole
 from tests.conftest import make_tiny_dataset
@@ -268,10 +269,11 @@ def test_selection_picks_the_argmax_and_stores_every_score():
 def test_masked_images_are_float_rgb_scaled_by_the_normalised_cam():
     seed_everything(0)
     net = CamNet("resnet18", 3, "random").eval()
-    red = torch.zeros(3, 40, 56)
-    red[0] = 1.0  # a saturated red image: a uint8 image*cam*255 product would overflow here
+    red = np.zeros((40, 56, 3), np.uint8)
+    red[..., 0] = 255  # a saturated red image: a uint8 image*cam*255 product would overflow here
+    cams = tag_cams(net, red, [1, 3], fast_config())
     with torch.no_grad():
-        masked = masked_images(net, red, [1, 3], (32, 32))
+        masked = masked_images(to_tensor01(red), cams, (32, 32), "black")
     assert masked.shape == (2, 3, 32, 32)
     assert masked[:, 1:].abs().max() == 0  # green and blue stay empty: channels are not swapped
     assert masked[:, 0].min() >= 0 and masked[:, 0].amax(dim=(1, 2)).max() <= 1 + 1e-6

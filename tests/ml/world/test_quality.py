@@ -21,13 +21,15 @@ from pole.cli import main
 from tests.conftest import all_background_miou
 
 # The demo preset shortened to fit the default suite: a small world, every image trained on (pseudo
-# masks are for the images a user gives, no held-out split needed), one epoch of CLIP guidance.
+# masks are for the images a user gives, no held-out split needed), one epoch of CLIP guidance, and
+# no segmenter (tests/ml/stages/test_train_seg.py trains one).
 FAST_CONFIG = {
     "train_split": "",
     "train_cam": {"epochs": 40},
     "train_pole": {"epochs": 1},
     "make_cams": {"scales": [1.0, 1.5]},
     "train_irn": {"epochs": 2},
+    "train_seg": {"enabled": False},
 }
 
 
