@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from celery import Celery
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from app.errors import ApiError
@@ -49,6 +49,15 @@ class Archive:
     format: str
     path: Path | None  # None while a worker builds it
     download_name: str
+
+
+def archive_response(archive: Archive, built_from: str) -> Response:
+    """The zip, or 202 while a worker builds it from `built_from` ("this job's run", say)."""
+    if archive.path is None:
+        return pending_response(
+            f"the {archive.format} archive is being built from {built_from}; ask again in a few seconds"
+        )
+    return FileResponse(archive.path, media_type="application/zip", filename=archive.download_name)
 
 
 def job_archive(settings: Settings, celery: Celery, job: Job, asked: str | None) -> Archive:

@@ -36,6 +36,15 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ExportFormatParam = Annotated[
+    str | None,
+    Query(
+        alias="format",
+        max_length=40,
+        description="an export format pole knows (default: the job's first export.formats); "
+        "another is built by a worker on the first request for it",
+    ),
+]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]

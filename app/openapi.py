@@ -40,6 +40,21 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorOut, "description": ERROR_STATUSES[status]} for status in statuses}
 
 
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def archive_responses(unbuilt: str) -> dict[int | str, dict[str, Any]]:
+    """The responses of an archive route: the zip, 202 while a format `unbuilt` ("the job did not
+    export", say) is built, and its errors."""
+    from app.schemas import ArchivePendingOut
+
+    return {
+        200: {"content": {"application/zip": BINARY}},
+        202: {"model": ArchivePendingOut, "description": f"a format {unbuilt}, being built"},
+        **error_responses(409, 410, 503),
+    }
+
+
 def install_openapi(app: FastAPI) -> None:
     """Serve FastAPI's document with the error responses completed."""
 

@@ -6,17 +6,24 @@ in any export format, and each image's mask and overlay. See app/prediction_serv
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from app.archives import pending_response, prediction_archive
-from app.deps import CeleryDep, CurrentKey, OwnedJob, OwnedPrediction, PageParams, SessionDep, SettingsDep
+from app.archives import archive_response, prediction_archive
+from app.deps import (
+    CeleryDep,
+    CurrentKey,
+    ExportFormatParam,
+    OwnedJob,
+    OwnedPrediction,
+    PageParams,
+    SessionDep,
+    SettingsDep,
+)
 from app.errors import ApiError
 from app.models import JobState
-from app.openapi import error_responses
+from app.openapi import BINARY, archive_responses, error_responses
 from app.prediction_service import (
     UPLOAD_WHAT,
     create_prediction,
@@ -25,7 +32,7 @@ from app.prediction_service import (
     predictions_page,
     require_segmenter,
 )
-from app.schemas import ArchivePendingOut, Page, PredictionOut
+from app.schemas import Page, PredictionOut
 from app.storage import new_upload_path, receive_file, remove_path
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/predictions", tags=["predictions"])
@@ -44,7 +51,6 @@ UPLOAD_BODY = {
         },
     }
 }
-BINARY = {"schema": {"type": "string", "format": "binary"}}
 # A result file exists once the run has succeeded (409 before), for images it labelled (404).
 PNG = {200: {"content": {"image/png": BINARY}}, **error_responses(409, 410)}
 
@@ -88,38 +94,16 @@ def get_prediction(run: OwnedPrediction) -> PredictionOut:
 
 
 @router.get(
-    "/{prediction_id}/archive",
-    response_class=FileResponse,
-    responses={
-        200: {"content": {"application/zip": BINARY}},
-        202: {"model": ArchivePendingOut, "description": "a format the run did not write, being built"},
-        **error_responses(409, 410, 503),
-    },
+    "/{prediction_id}/archive", response_class=FileResponse, responses=archive_responses("the run did not write")
 )
 def get_prediction_archive(
-    run: OwnedPrediction,
-    settings: SettingsDep,
-    celery: CeleryDep,
-    export_format: Annotated[
-        str | None,
-        Query(
-            alias="format",
-            max_length=40,
-            description="an export format pole knows (default: the job's first export.formats); "
-            "another is built on the first request for it",
-        ),
-    ] = None,
+    run: OwnedPrediction, settings: SettingsDep, celery: CeleryDep, export_format: ExportFormatParam = None
 ) -> Response:
     """The masks in an export format's layout, with failed_images.csv, as a .zip. A format the run did
     not write is built by a worker: 202 with Retry-After until it is ready, then the zip."""
     if run.state != JobState.succeeded:
         raise ApiError(409, f"prediction run is {run.state}; its archive exists once it has succeeded")
-    archive = prediction_archive(settings, celery, run, export_format)
-    if archive.path is None:
-        return pending_response(
-            f"the {archive.format} archive is being built from this prediction run; ask again in a few seconds"
-        )
-    return FileResponse(archive.path, media_type="application/zip", filename=archive.download_name)
+    return archive_response(prediction_archive(settings, celery, run, export_format), "this prediction run")
 
 
 @router.get("/{prediction_id}/images/{image_id}/mask.png", response_class=FileResponse, responses=PNG)

@@ -8,13 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
-from app.archives import job_archive, pending_response
-from app.deps import CeleryDep, OwnedJob, PageParams, SessionDep, SettingsDep
+from app.archives import archive_response, job_archive, pending_response
+from app.deps import CeleryDep, ExportFormatParam, OwnedJob, PageParams, SessionDep, SettingsDep
 from app.errors import ApiError
 from app.job_service import stage_metrics_out
 from app.model_service import ModelFormat, job_model
 from app.models import Job, JobState
-from app.openapi import error_responses
+from app.openapi import BINARY, archive_responses, error_responses
 from app.result_service import job_image, job_image_out, job_images_page, selections_page
 from app.schemas import ArchivePendingOut, JobImageOut, MetricsOut, Page, SelectionOut
 from app.storage import dataset_dir, run_layout
@@ -23,7 +23,6 @@ from ml.spec.registry import final_masks_stage
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"])
 
-BINARY = {"schema": {"type": "string", "format": "binary"}}
 # A result file exists once the job has succeeded (409 before), for images it did not drop (404).
 PNG = {200: {"content": {"image/png": BINARY}}, **error_responses(409)}
 
@@ -33,40 +32,16 @@ def _require_succeeded(job: Job, what: str) -> None:
         raise ApiError(409, f"job is {job.state}; the {what} exists once it has succeeded (GET /v1/jobs/{job.id})")
 
 
-@router.get(
-    "/archive",
-    response_class=FileResponse,
-    responses={
-        200: {"content": {"application/zip": BINARY}},
-        202: {"model": ArchivePendingOut, "description": "a format the job did not export, being built"},
-        **error_responses(409, 410, 503),
-    },
-)
+@router.get("/archive", response_class=FileResponse, responses=archive_responses("the job did not export"))
 def get_archive(
-    job: OwnedJob,
-    settings: SettingsDep,
-    celery: CeleryDep,
-    export_format: Annotated[
-        str | None,
-        Query(
-            alias="format",
-            max_length=40,
-            description="an export format pole knows (default: the job's first export.formats); "
-            "one the job did not export is built on the first request for it",
-        ),
-    ] = None,
+    job: OwnedJob, settings: SettingsDep, celery: CeleryDep, export_format: ExportFormatParam = None
 ) -> Response:
     """The final masks in an export format's layout (CVAT "Segmentation mask 1.1" by default) with
     selections.csv, failed_images.csv, metrics.json and config.json, as a .zip. A format the job did
     not export is built from the finished run by a worker: 202 with Retry-After until it is ready,
     then the zip, kept for every later request."""
     _require_succeeded(job, "archive")
-    archive = job_archive(settings, celery, job, export_format)
-    if archive.path is None:
-        return pending_response(
-            f"the {archive.format} archive is being built from this job's run; ask again in a few seconds"
-        )
-    return FileResponse(archive.path, media_type="application/zip", filename=archive.download_name)
+    return archive_response(job_archive(settings, celery, job, export_format), "this job's run")
 
 
 @router.get(
