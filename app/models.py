@@ -69,6 +69,8 @@ ACTIVE_STATES = (JobState.queued, JobState.running, JobState.cancelling)
 FINAL_STATES = (JobState.cancelled, JobState.succeeded, JobState.failed)
 # A prediction run is claimed, leased and requeued as a job is (worker.lease, worker.reaper), with the
 # states of a job that cannot be cancelled.
+DATASET_STATES = ("validating", "ready", "invalid")
+OVERRIDE_ACTIONS = ("use", "drop")
 PREDICTION_STATES = (JobState.queued, JobState.running, JobState.succeeded, JobState.failed)
 ACTIVE_PREDICTION_STATES = (JobState.queued, JobState.running)
 
@@ -110,12 +112,19 @@ class Dataset(Base):
     tag_counts: Mapped[dict[str, int]] = mapped_column(JsonColumn)
     gt_count: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
+    # validating (uploaded, being checked in the background) -> ready | invalid (`problems` says why)
+    state: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
+    progress: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
+    problems: Mapped[list[Any] | None] = mapped_column(JsonColumn)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     images: Mapped[list[Image]] = relationship(back_populates="dataset", cascade="all, delete-orphan")
     jobs: Mapped[list[Job]] = relationship(back_populates="dataset", cascade="all, delete-orphan")
 
-    __table_args__ = (Index("ix_datasets_owner_created", "owner_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_datasets_owner_created", "owner_id", "created_at", "id"),
+        CheckConstraint(f"state IN ({', '.join(repr(s) for s in DATASET_STATES)})", name="state"),
+    )
 
 
 class Image(Base):
@@ -140,6 +149,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    # A derived job reuses its parent's train_cam and select_prompts outputs and re-runs the rest with overrides.
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     state: Mapped[str] = mapped_column(String(16), default=JobState.queued)
     preset: Mapped[str] = mapped_column(String(64))
     config: Mapped[dict[str, Any]] = mapped_column(JsonColumn)  # fully resolved, as the pipeline saw it
@@ -167,6 +178,8 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the job's message was last handed to the broker: the reaper re-sends one that vanished.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -219,6 +232,26 @@ class Selection(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "image_id", "class_name"),
         Index("ix_selections_job_class", "job_id", "class_name"),
+    )
+
+
+class WordOverride(Base):
+    """A person's decision on the words of a reviewed job: `use` a word for one image's class (image_id set)
+    or for the whole class (image_id None), or `drop` a candidate word of a class. Derived jobs apply them."""
+
+    __tablename__ = "word_overrides"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    image_id: Mapped[str | None] = mapped_column(String(255))
+    class_name: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(8))
+    word: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_word_overrides_job_class", "job_id", "class_name"),
+        CheckConstraint(f"action IN ({', '.join(repr(a) for a in OVERRIDE_ACTIONS)})", name="action"),
     )
 
 
