@@ -1,5 +1,9 @@
-"""Deleting a dataset, decided in one statement so that it can never race a job or a prediction run
-being created on it.
+"""What a dataset's state allows, and deleting a dataset, decided in one statement so that it can never
+race a job or a prediction run being created on it.
+
+Only a `ready` dataset has images to read: jobs and image listings refuse the others (409), naming the
+state. Deleting a dataset still `validating` cancels its validation: the row goes at once, and the
+validating thread removes its files when it next reports progress (app/ingest.py).
 
 A job's trained segmenter is what its prediction runs label images with, so deleting a dataset never
 removes a model quietly: without `cascade` any job refuses the delete (and the refusal counts the
@@ -17,6 +21,24 @@ from app.errors import ApiError
 from app.models import ACTIVE_PREDICTION_STATES, ACTIVE_STATES, Dataset, Job, PredictionRun
 from app.settings import Settings
 from app.storage import dataset_dir, job_dir, prediction_dir, remove_path
+
+
+def require_ready(dataset: Dataset) -> None:
+    """409 unless the dataset passed its validation, saying what its state means and what to do."""
+    if dataset.state == "validating":
+        raise ApiError(
+            409,
+            f"dataset {dataset.id!r} is still validating ({dataset.progress:.0%} checked); wait until "
+            f"GET /v1/datasets/{dataset.id} shows state 'ready'",
+        )
+    if dataset.state == "invalid":
+        problems = dataset.problems or []
+        first = f"; the first: {problems[0]['file']}: {problems[0]['message']}" if problems else ""
+        raise ApiError(
+            409,
+            f"dataset {dataset.id!r} is invalid, with {len(problems)} problem(s){first}; GET /v1/datasets/"
+            f"{dataset.id} lists them all: fix them and upload the dataset again",
+        )
 
 
 def remove_dataset(session: Session, settings: Settings, dataset: Dataset, *, cascade: bool) -> None:

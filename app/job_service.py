@@ -12,11 +12,13 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.dataset_service import require_ready
 from app.db import decide_serially, serializable
+from app.derived_jobs import derivation_parent, derived_job_config
+from app.dispatch import queue_positions, send_next_jobs
 from app.errors import ApiError
 from app.live_workers import live_workers_held_weights
 from app.models import ApiKey, Dataset, Job, JobState, StageMetrics, utcnow
-from app.queue import send_run_job
 from app.schemas import JobCreate, JobOut, StageMetricsOut, StageOut
 from app.settings import Settings
 from ml.spec.config import ConfigError, config_to_dict, resolve_config
@@ -57,12 +59,15 @@ def _create_job(
         earlier = _job_for_key(session, owner_id, idempotency_key, request_hash)
         if earlier:
             return earlier, False
-    dataset = session.scalar(select(Dataset).where(Dataset.id == body.dataset_id, Dataset.owner_id == owner_id))
+    parent = derivation_parent(session, settings, owner_id, body) if body.parent_job_id else None
+    dataset_id = parent.dataset_id if parent else body.dataset_id
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == owner_id))
     if dataset is None and attempt > 0:  # it was there when this request began
-        raise ApiError(409, _deleted_meanwhile(body.dataset_id))
+        raise ApiError(409, _deleted_meanwhile(dataset_id))
     if dataset is None:
-        raise ApiError(404, f"no dataset {body.dataset_id!r}; upload one with POST /v1/datasets")
-    preset = body.preset or settings.default_preset
+        raise ApiError(404, f"no dataset {dataset_id!r}; upload one with POST /v1/datasets")
+    require_ready(dataset)
+    preset = body.preset or (parent.preset if parent else settings.default_preset)
     unknown = sorted(set(body.synonyms) - set(dataset.classes))
     if unknown:
         raise ApiError(
@@ -72,7 +77,7 @@ def _create_job(
         )
     try:
         synonyms = {"select_prompts": {"synonyms": body.synonyms}} if body.synonyms else None
-        config = resolve_config(preset, body.config, synonyms)
+        config = derived_job_config(session, parent, body) if parent else resolve_config(preset, body.config, synonyms)
     except ConfigError as err:
         raise ApiError(422, f"config refused: {err}") from err
     resolved = config_to_dict(config)
@@ -84,6 +89,7 @@ def _create_job(
     job = Job(
         owner_id=owner_id,
         dataset_id=dataset.id,
+        parent_id=parent.id if parent else None,
         state=JobState.queued,
         preset=preset,
         config=resolved,
@@ -103,16 +109,19 @@ def _create_job(
         earlier = _job_for_key(session, owner_id, idempotency_key, request_hash) if idempotency_key else None
         if earlier is not None:
             return earlier, False
-        if session.get(Dataset, body.dataset_id) is None:
-            raise ApiError(409, _deleted_meanwhile(body.dataset_id)) from None
+        if session.get(Dataset, dataset_id) is None:
+            raise ApiError(409, _deleted_meanwhile(dataset_id)) from None
         raise
     try:
-        send_run_job(celery, job.id)  # only after the commit: the worker must find the row
+        # Only after the commit: the worker must find the row. Sent now if the key has a free slot (or
+        # its older jobs, first), else held until one of its jobs ends (app.dispatch).
+        send_next_jobs(session, settings, celery, owner_id)
     except BrokerUnreachable as err:
         log.error("could not enqueue job %s: %s", job.id, err)
         session.delete(job)
         session.commit()
         raise ApiError(503, "the job queue is unreachable right now; nothing was created, try again") from err
+    session.refresh(job)  # whether it was sent
     return job, True
 
 
@@ -208,26 +217,38 @@ def _job_for_key(session: Session, owner_id: int, key: str | None, request_hash:
     return job
 
 
-def cancel_job(session: Session, job: Job) -> Job:
-    """Queued jobs stop at once; running ones are asked to stop at their next batch boundary."""
+def cancel_job(session: Session, settings: Settings, celery: Celery, job: Job) -> Job:
+    """Queued jobs stop at once (freeing their key's slot for its next job); running ones are asked to
+    stop at their next batch boundary."""
     if job.state in (JobState.succeeded, JobState.failed, JobState.cancelled):
         raise ApiError(409, f"job already {job.state}; there is nothing to cancel")
     now = utcnow()
     # Conditional updates: the worker may move the job on between our read and this write.
-    session.execute(
+    stopped = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.state == JobState.queued)
         .values(state=JobState.cancelled, finished_at=now, message="cancelled before it started")
-    )
+    ).rowcount
     session.execute(
         update(Job).where(Job.id == job.id, Job.state == JobState.running).values(state=JobState.cancelling)
     )
     session.commit()
+    if stopped:
+        try:
+            send_next_jobs(session, settings, celery, job.owner_id)
+        except BrokerUnreachable as err:  # the cancel stands; the reaper sends the next job later
+            log.error("job %s cancelled, but its key's next job was not sent: %s", job.id, err)
     session.refresh(job)
     return job
 
 
-def job_out(job: Job) -> JobOut:
+def jobs_out(session: Session, jobs: list[Job]) -> list[JobOut]:
+    """`jobs` as their owner sees them, each held one with its place behind the owner's other jobs."""
+    positions = queue_positions(session, jobs)
+    return [job_out(job, positions.get(job.id)) for job in jobs]
+
+
+def job_out(job: Job, queued_behind: int | None = None) -> JobOut:
     base = f"/v1/jobs/{job.id}"
     derived = {
         "stages": [StageOut.model_validate(stage) for stage in job.stages],
@@ -239,6 +260,8 @@ def job_out(job: Job) -> JobOut:
             # The trained segmenter, once train_seg has recorded its checkpoint.
             **({"model": f"{base}/model"} if "train_seg" in (job.checkpoints or {}) else {}),
         },
+        "queued_behind": queued_behind,
+        "message": f"queued behind {queued_behind} of your jobs" if queued_behind is not None else job.message,
     }
     columns = {name: getattr(job, name) for name in JobOut.model_fields if name not in derived}
     return JobOut(**columns, **derived)

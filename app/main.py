@@ -12,13 +12,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.dashboard.site import create_dashboard
+from app.dashboard.templates import DASHBOARD_PATH
 from app.db import create_db_engine, make_sessionmaker
 from app.errors import install_error_handlers
 from app.openapi import install_openapi
 from app.queue import create_celery
-from app.routes import datasets, health, jobs, predictions, results
+from app.routes import datasets, health, jobs, overrides, predictions, results
 from app.settings import Settings
 from app.stale_uploads import stale_upload_sweeps
+from app.upload_validation import UploadValidations
 from ml.spec import __version__
 
 
@@ -28,14 +31,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = create_db_engine(settings.database_url)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        validations = app.state.validations = UploadValidations(settings, app.state.sessions)
         # What exists now lives as long as the server. Frozen, it is out of the collector's sight: a full
         # collection over it stopped every request for 65-110 ms, under load every few seconds
         # (bench/api_load.py).
         gc.collect()
         gc.freeze()
-        async with stale_upload_sweeps(settings):
+        async with stale_upload_sweeps(settings, validations.adopt_orphans):
             yield
+        validations.stop()
         gc.unfreeze()  # the process may go on without this app (tests start many)
         engine.dispose()
 
@@ -51,7 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(engine)
     app.state.celery = create_celery(settings)
     install_error_handlers(app)
-    for module in (health, datasets, jobs, results, predictions):
+    for module in (health, datasets, jobs, results, overrides, predictions):
         app.include_router(module.router)
     install_openapi(app)
+    app.mount(DASHBOARD_PATH, create_dashboard(settings, app.state.sessions, app.state.celery))
     return app

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Float,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -111,7 +113,7 @@ class Dataset(Base):
     image_count: Mapped[int] = mapped_column(Integer)
     tag_counts: Mapped[dict[str, int]] = mapped_column(JsonColumn)
     gt_count: Mapped[int] = mapped_column(Integer)
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)  # extracted datasets may pass 2 GiB
     # validating (uploaded, being checked in the background) -> ready | invalid (`problems` says why)
     state: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
     progress: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
@@ -228,6 +230,8 @@ class Selection(Base):
     candidates: Mapped[list[str]] = mapped_column(JsonColumn)
     scores: Mapped[list[float]] = mapped_column(JsonColumn)
     chosen: Mapped[str] = mapped_column(String(255))
+    # A derived job's word set by a person's override (WordOverride) rather than by CLIP.
+    overridden: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     __table_args__ = (
         UniqueConstraint("job_id", "image_id", "class_name"),

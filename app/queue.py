@@ -6,7 +6,8 @@ Delivery: late acks, reject when a worker child dies, one message reserved at a 
 whose worker vanished is not lost silently. The database stays the source of truth: a job that a
 broker cannot redeliver (the embedded file queue forgets what a killed worker had taken) is
 requeued from its row by worker.reaper, and one whose pool process died under a live worker is
-requeued at once by worker.child_death.
+requeued at once by worker.child_death. A message the broker lost before any worker took it is sent
+again by worker.reaper too. Which of a key's jobs are sent at all is app.dispatch's decision.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_send_task_events=False,
         worker_hijack_root_logger=False,
+        # A pool process imports torch before it reports up (worker.process_setup): Celery's 4 s default
+        # would kill it as hung on a busy machine, again and again.
+        worker_proc_alive_timeout=120,
         pole_settings=settings,
     )
     return app
@@ -68,6 +72,16 @@ def send_build_prediction_archive(celery: Celery, prediction_id: str, export_for
     """Enqueue the build of a succeeded prediction run's archive in a format it did not write; raises
     kombu's OperationalError when the broker cannot be reached."""
     _send(celery, BUILD_PREDICTION_ARCHIVE, {"prediction_id": prediction_id, "export_format": export_format})
+
+
+def waiting_messages(celery: Celery) -> int:
+    """How many messages wait in the queue, not yet taken by a worker; raises kombu's OperationalError
+    when the broker cannot be reached."""
+    with celery.connection_for_read() as connection:
+        connection.ensure_connection(max_retries=1)
+        # Declared rather than looked up: Redis forgets an emptied queue, and a lookup would call it missing.
+        declared = connection.default_channel.queue_declare(queue=celery.conf.task_default_queue)
+        return declared.message_count
 
 
 def _send(celery: Celery, task: str, kwargs: dict) -> None:

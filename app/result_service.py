@@ -44,6 +44,7 @@ def selection_out(row: Selection) -> SelectionOut:
         chosen=row.chosen,
         candidates=row.candidates,
         scores=row.scores,
+        overridden=row.overridden,
     )
 
 

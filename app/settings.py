@@ -8,12 +8,14 @@ inside the data directory, so nothing needs installing. Point `POLE_DATABASE_URL
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ml.data.archive import ArchiveLimits
 from ml.data.images import DEFAULT_MAX_PIXELS
+from ml.synonym_llm import LlmEndpoint
 
 GiB = 1 << 30
 
@@ -55,6 +57,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     stale_after_seconds: float = Field(default=90.0, gt=0)
     reaper_interval_seconds: float = Field(default=30.0, gt=0)
+    # Fair queues (app/dispatch.py): at most this many of one API key's jobs are in the broker's queue or
+    # running at once; its other jobs wait in the database, so another key's job never waits behind them.
+    max_running_jobs_per_key: int = Field(default=2, ge=1)
+    # A queued job sent this long ago that no worker has taken is sent again (its message may be lost),
+    # when the broker's queue holds fewer messages than there are jobs waiting for one.
+    requeue_after_seconds: float = Field(default=120.0, gt=0)
 
     page_size: int = Field(default=50, ge=1)
     max_page_size: int = Field(default=500, ge=1)
@@ -62,9 +70,28 @@ class Settings(BaseSettings):
     # What a process that died mid-upload left in the uploads folder is removed once this old (by
     # mtime; uploads in progress are kept fresh, see app/stale_uploads.py).
     upload_max_age_seconds: float = Field(default=3600.0, gt=0)
+    # Uploads each API process validates at once, in the background (app/upload_validation.py); each
+    # decodes its images on a few threads of its own, so one keeps the cores busy.
+    validation_threads: int = Field(default=1, ge=1)
     # /readyz answers 503 while no worker is alive. False for an API-only deployment that should take
     # requests whatever the workers do (the count is still reported).
     ready_needs_worker: bool = True
+
+    # The dashboard (/dashboard): its session cookie is signed with this secret; empty: one generated
+    # once and kept in data_dir/dashboard_secret, so every API process on that data dir shares it.
+    dashboard_secret: SecretStr = SecretStr("")
+    # How long a dashboard sign-in lasts; a revoked key ends it at once.
+    dashboard_session_seconds: int = Field(default=8 * 3600, ge=60)
+    # Mark the cookie Secure (sent over HTTPS only): set it where the API is served over HTTPS.
+    dashboard_secure_cookie: bool = False
+
+    # A language model that adds synonyms to the candidate words (select_prompts.llm_synonyms), as the paper
+    # made its lists: an OpenAI-compatible API base (requests go to {url}/chat/completions); empty: none.
+    synonym_llm_url: str = ""
+    synonym_llm_model: str = Field(default="", max_length=200)
+    synonym_llm_key: SecretStr = SecretStr("")  # sent as a Bearer token, never logged or stored
+    # The longest a job or the synonym preview waits for the answers it has not cached, all classes together.
+    synonym_llm_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
     @field_validator("data_dir")
     @classmethod
@@ -97,6 +124,26 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("synonym_llm_url")
+    @classmethod
+    def _check_synonym_llm_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment):
+            raise ValueError(
+                f"POLE_SYNONYM_LLM_URL={value!r} is not an API base URL; use e.g. http://127.0.0.1:8080/v1 "
+                "(requests go to {url}/chat/completions), or leave it unset for no language model"
+            )
+        if parts.username or parts.password:
+            raise ValueError("POLE_SYNONYM_LLM_URL may not hold credentials; put the key in POLE_SYNONYM_LLM_KEY")
+        return value
+
+    @model_validator(mode="after")
+    def _synonym_llm_needs_a_model(self) -> Settings:
+        if self.synonym_llm_url and not self.synonym_llm_model.strip():
+            raise ValueError("POLE_SYNONYM_LLM_URL is set: POLE_SYNONYM_LLM_MODEL must name the model to ask")
+        return self
+
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
         if not self.database_url:
@@ -128,6 +175,18 @@ class Settings(BaseSettings):
             "control_folder": str(self.broker_dir / "control"),
             "polling_interval": 0.5,
         }
+
+    def synonym_llm(self) -> LlmEndpoint | None:
+        """The language model endpoint of POLE_SYNONYM_LLM_*, caching its answers in the data dir; None if unset."""
+        if not self.synonym_llm_url:
+            return None
+        return LlmEndpoint(
+            url=self.synonym_llm_url,
+            model=self.synonym_llm_model.strip(),
+            key=self.synonym_llm_key.get_secret_value(),
+            timeout=self.synonym_llm_timeout_seconds,
+            cache_dir=self.data_dir / "synonym_llm",
+        )
 
     def archive_limits(self) -> ArchiveLimits:
         return ArchiveLimits(

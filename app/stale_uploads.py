@@ -1,14 +1,17 @@
 """What uploads that never finished leave behind is removed: at the API's start, then periodically.
 
-The uploads folder holds, per upload, `<id>.zip` (the body being received), `<id>.d` (the archive
-extracted, being validated) and `.<id>.d.<random>` (safe_extract's staging folder beside it). A
-process that dies mid-upload leaves them there. An entry is removed once its mtime is older than
-`upload_max_age_seconds`.
+The uploads folder holds, per upload, `<id>.zip` (the body being received, then waiting for its
+validation), `<id>.d` (the archive extracted, being validated) and `.<id>.d.<random>` (safe_extract's
+staging folder beside it). A process that dies mid-upload leaves them there. An entry is removed once
+its mtime is older than `upload_max_age_seconds`.
 
 An upload in progress must never look that old, however slowly its client sends or however long
 its validation takes: before each sweep, every API process touches the entries of its own uploads
 in progress, and it sweeps SWEEPS_PER_MAX_AGE times per max age. So only entries no live process
 owns grow old, even with several API processes on one data directory.
+
+Before each sweep, `adopt_orphans` (app/upload_validation.py) takes over the validation of datasets
+whose validating process died, so that their zips are in progress again before the sweep judges them.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.settings import Settings
 
@@ -87,10 +92,11 @@ def sweep_stale_uploads(
 
 
 @contextlib.asynccontextmanager
-async def stale_upload_sweeps(settings: Settings) -> AsyncIterator[None]:
-    """Sweep once before the block (the API's life), then every max age / SWEEPS_PER_MAX_AGE until it ends."""
-    await asyncio.to_thread(_sweep, settings)
-    task = asyncio.create_task(_sweep_periodically(settings))
+async def stale_upload_sweeps(settings: Settings, adopt_orphans: Callable[[], None]) -> AsyncIterator[None]:
+    """Adopt orphans and sweep once before the block (the API's life), then every max age / SWEEPS_PER_MAX_AGE
+    until it ends."""
+    await asyncio.to_thread(_adopt_and_sweep, settings, adopt_orphans)
+    task = asyncio.create_task(_sweep_periodically(settings, adopt_orphans))
     try:
         yield
     finally:
@@ -99,10 +105,18 @@ async def stale_upload_sweeps(settings: Settings) -> AsyncIterator[None]:
             await task
 
 
-async def _sweep_periodically(settings: Settings) -> None:
+async def _sweep_periodically(settings: Settings, adopt_orphans: Callable[[], None]) -> None:
     while True:
         await asyncio.sleep(settings.upload_max_age_seconds / SWEEPS_PER_MAX_AGE)
-        await asyncio.to_thread(_sweep, settings)
+        await asyncio.to_thread(_adopt_and_sweep, settings, adopt_orphans)
+
+
+def _adopt_and_sweep(settings: Settings, adopt_orphans: Callable[[], None]) -> None:
+    try:
+        adopt_orphans()
+    except (OSError, SQLAlchemyError) as err:  # the sweep still runs; the next one tries again
+        log.warning("could not look for uploads left validating (%s)", err)
+    _sweep(settings)
 
 
 def _sweep(settings: Settings) -> None:

@@ -53,11 +53,11 @@ def remove_path(path: Path) -> None:
     UPLOADS_IN_PROGRESS.discard(path)
 
 
-def new_upload_path(settings: Settings, suffix: str = "") -> Path:
+def new_upload_path(settings: Settings, suffix: str = "", upload_id: str | None = None) -> Path:
     """A new path in the uploads folder, in progress (kept from the stale-upload sweeps) until `remove_path`
-    removes it or `upload_done` says it was moved away."""
+    removes it or `upload_done` says it was moved away. Named after `upload_id` (a fresh one if None)."""
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
+    path = settings.uploads_dir / f"{upload_id or uuid.uuid4().hex}{suffix}"
     UPLOADS_IN_PROGRESS.add(path)
     return path
 

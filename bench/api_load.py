@@ -7,7 +7,7 @@ Starts a real `pole serve` (API + one worker, SQLite and the file queue) on a fr
 directory and a free 127.0.0.1 port, uploads a sample world, starts a job (--preset) whose CAM training
 lasts far longer than the measurement, waits until it trains, then runs --clients concurrent pollers
 (asyncio, one keep-alive connection each) for --seconds. Each poller asks once per --interval
-(start to start, as `PoleClient.follow_job` does; 0 asks again as soon as the answer is in). Prints
+(start to start, as `Client.follow_job` does; 0 asks again as soon as the answer is in). Prints
 requests, errors by kind, latency percentiles, throughput, the job's progress over the run (the proof
 that it trained) and the cores the API, the worker, this load generator and everything else on the
 machine used. --baseline then cancels the job and measures the same polling with nothing training,
@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from machine import cpu_model
 
 from ml.data.archive import zip_folder
-from pole.client import FINAL_STATES, PoleClient
+from pole.client import FINAL_STATES, Client
 from pole.service_process import EmbeddedService, ServiceError, free_port, sigterm_as_interrupt
 
 TRAINING_STAGE = "train_cam"  # every preset's first stage, and a long one with these epochs
@@ -109,7 +110,7 @@ def run(service: EmbeddedService, args: argparse.Namespace, tmp: Path) -> None:
 
     key = service.create_key("api-load")
     make_world(tmp / "world", args.images, seed=0, size=args.size)
-    with PoleClient(service.url, key) as client:
+    with Client(service.url, key) as client:
         dataset = client.upload_dataset(zip_folder(tmp / "world", tmp / "world.zip"))
         config = {TRAINING_STAGE: {"epochs": TRAINING_EPOCHS}}
         job = client.create_job(dataset["id"], preset=args.preset, config=config)
@@ -127,7 +128,7 @@ def run(service: EmbeddedService, args: argparse.Namespace, tmp: Path) -> None:
             print(f"{name} while training / idle: {loaded.percentile(q) / idle.percentile(q):.2f}x")
 
 
-def wait_for(client: PoleClient, job_id: str, condition, timeout: float = START_TIMEOUT_S) -> dict:
+def wait_for(client: Client, job_id: str, condition, timeout: float = START_TIMEOUT_S) -> dict:
     deadline = time.monotonic() + timeout
     for job in client.follow_job(job_id, poll_seconds=0.5):
         if condition(job):
@@ -251,16 +252,6 @@ def _descends_from(pid: int, ancestor: int, parents: dict[int, int]) -> bool:
         if pid == ancestor:
             return True
     return False
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

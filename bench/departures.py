@@ -26,16 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from machine import cpu_model
 from quality import PRESET, SPLIT, add_world_arguments, mean_spread, run_one, sample_world, split_scores
 
 from ml.spec.config import PipelineConfig, config_to_dict, resolve_config
@@ -117,15 +116,6 @@ def shareable_stages(demo: PipelineConfig, config: PipelineConfig) -> list[str]:
         if stage in stages:
             shared.append(stage)
     return shared
-
-
-def cpu_name() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name:")]
-    return names[0] if names else platform.processor() or "unknown CPU"
 
 
 def markdown(results: dict) -> str:
@@ -222,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {},
         "command": command,
         "machine": {
-            "cpu": cpu_name(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "load_at_start": load_at_start,
             "load_at_end": os.getloadavg()[0],

@@ -3,13 +3,16 @@
     .venv/bin/python bench/make_cams.py [--backbone resnet50 --images 2 --height 375 --width 500]
 
 Same (random) weights, same images: the baseline runs every scale and every flip of every image
-as its own forward pass, as the public code does; the stage folds BatchNorm into the convolutions
-and batches the images and flips of a scale (on a CPU in passes of at most CPU_PASS_PIXELS input
-pixels; on a GPU all in one pass, also with float16 autocast, whose maps differ from float32 by
-more than 1e-4).
-Prints images per second of each, the largest difference of their maps (should stay under 1e-4),
-and the backbone's achieved GFLOP/s as a fraction of the dense matmul GFLOP/s measured in the same
-run. The goal on a CPU is at least 80% of the matmul peak. Nothing is asserted.
+as its own float32 forward pass, as the public code does; the stage folds BatchNorm into the
+convolutions, runs channels-last and batches the images and flips of a scale (on a CPU in passes of
+at most CPU_PASS_PIXELS input pixels; on a GPU all in one pass), once per precision: float32, and
+the reduced one of the device (bfloat16 autocast on a CPU, float16 on a GPU), whatever
+`precision: auto` would pick here (printed).
+Prints images per second of each, the largest difference of its maps from the baseline's (float32:
+should stay under 1e-4), the share of pixels whose label (each map against the 0.15 background
+score, as eval_cams scores) matches the baseline's, and the backbone's achieved GFLOP/s as a
+fraction of the dense matmul and 3x3 convolution rates of its precision measured in the same run.
+Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ml.cams import multiscale_cams, scaled_size, stride4_size
+from ml.device import pick_precision
 from ml.loaders import images_to_tensor01
 from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import CamNet
@@ -50,20 +54,26 @@ def one_pass_at_a_time(net: CamNet, image: np.ndarray, keys, scales) -> tuple[to
     return tuple(m / (m.flatten(1).amax(1).view(-1, 1, 1) + 1e-5) for m in (full, strided))
 
 
-def dense_peaks(device: torch.device, repeats: int = 4) -> dict[str, float]:
-    """GFLOP/s of dense float32 kernels measured now: torch.mm (the BLAS GEMM) and a 3x3 convolution.
+def dense_peaks(device: torch.device, dtype: torch.dtype, repeats: int = 4) -> dict[str, float]:
+    """GFLOP/s of dense kernels in `dtype` measured now: torch.mm (the BLAS GEMM) and a channels-last
+    3x3 convolution.
 
-    On some CPUs (AMD with Intel MKL) the BLAS GEMM runs a narrower vector path than the
+    On some CPUs (AMD with Intel MKL) the float32 BLAS GEMM runs a narrower vector path than the
     convolution kernels, so the 3x3 convolution is the truer peak of the machine.
     """
-    a, b = torch.randn(4096, 4096, device=device), torch.randn(4096, 4096, device=device)
-    conv = torch.nn.Conv2d(512, 512, 3, padding=1, bias=False).to(device).eval()
-    x = torch.randn(2, 512, 48, 64, device=device)
+    a, b = (torch.randn(4096, 4096, device=device, dtype=dtype) for _ in range(2))
+    conv = torch.nn.Conv2d(512, 512, 3, padding=1, bias=False).to(device, dtype, memory_format=torch.channels_last)
+    x = torch.randn(2, 512, 48, 64, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         return {
             "matmul": 2 * 4096**3 / min_time(partial(torch.mm, a, b), device, repeats) / 1e9,
-            "3x3 conv": 2 * 2 * 512 * 512 * 9 * 48 * 64 / min_time(partial(conv, x), device, repeats) / 1e9,
+            "3x3 conv": 2 * 2 * 512 * 512 * 9 * 48 * 64 / min_time(partial(conv.eval(), x), device, repeats) / 1e9,
         }
+
+
+def labels(maps: torch.Tensor, background: float = 0.15) -> torch.Tensor:
+    """(n, H, W) maps -> (H, W) index of the winner against a constant background score (0), as eval_cams."""
+    return torch.cat([torch.full_like(maps[:1], background), maps]).argmax(0)
 
 
 def min_time(fn, device: torch.device, repeats: int) -> float:
@@ -122,43 +132,56 @@ def main() -> None:
     print(f"{args.backbone}, {args.images} images {args.width}x{args.height}, scales {scales} x 2 flips, {device}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    peaks = dense_peaks(device)
+    reduced = pick_precision("float16" if device.type == "cuda" else "bfloat16", device)
+    auto = pick_precision("auto", device)
+    print(f"precision auto here: {auto.name} ({auto.reason})")
+    peaks = {p.name: dense_peaks(device, p.dtype) for p in (pick_precision("float32", device), reduced)}
+    for name, rates in peaks.items():
+        print(f"{name} dense peaks: {', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in rates.items())}")
     flops = pyramid_flops(net, args.height, args.width, scales)
-    print(f"dense peaks: {', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items())}")
     print(f"one image's pyramid: {flops / 1e9:.1f} GFLOP")
 
     tagged = list(zip(images, keys, strict=True))
-    folded = fold_batchnorm(copy.deepcopy(net))  # as the stage runs it
-    variants = {
-        "one pass at a time": lambda: [one_pass_at_a_time(net, im, k, scales) for im, k in tagged],
-        "stage, batch_images=1": lambda: [multiscale_cams(folded, [im], [k], scales, True)[0] for im, k in tagged],
-        f"stage, batch_images={len(images)}": lambda: multiscale_cams(folded, images, keys, scales, True),
+    folded = fold_batchnorm(copy.deepcopy(net)).to(memory_format=torch.channels_last)  # as the stage runs it
+    float32 = pick_precision("float32", device)
+    batch = f"batch_images={len(images)}"
+    variants = {  # name -> (precision of its peaks, the call)
+        "one pass at a time": ("float32", lambda: [one_pass_at_a_time(net, im, k, scales) for im, k in tagged]),
+        "stage, float32, batch_images=1": (
+            "float32",
+            lambda: [multiscale_cams(folded, [im], [k], scales, True, float32)[0] for im, k in tagged],
+        ),
+        f"stage, float32, {batch}": ("float32", lambda: multiscale_cams(folded, images, keys, scales, True, float32)),
+        f"stage, {reduced.name}, batch_images=1": (
+            reduced.name,
+            lambda: [multiscale_cams(folded, [im], [k], scales, True, reduced)[0] for im, k in tagged],
+        ),
+        f"stage, {reduced.name}, {batch}": (
+            reduced.name,
+            lambda: multiscale_cams(folded, images, keys, scales, True, reduced),
+        ),
     }
-    if device.type == "cuda":
-        variants[f"stage, batch_images={len(images)}, fp16"] = lambda: multiscale_cams(
-            folded, images, keys, scales, True, half_precision=True
-        )
     # Rounds interleave the variants and each keeps its best time: other load on a shared machine
     # only ever slows a run down.
     best = dict.fromkeys(variants, float("inf"))
     outputs = {}
     for _ in range(args.rounds):
-        for name, fn in variants.items():
+        for name, (_, fn) in variants.items():
             seconds, outputs[name] = timed(fn, device)
             best[name] = min(best[name], seconds)
     base_s, base = best["one pass at a time"], outputs["one pass at a time"]
     for name, seconds in best.items():
         per_image = seconds / len(images)
-        diff = max(
-            float((a - b).abs().max())
-            for got, ref in zip(outputs[name], base, strict=True)
-            for a, b in zip(got, ref, strict=True)
-        )
+        pairs = [(a, b) for got, ref in zip(outputs[name], base, strict=True) for a, b in zip(got, ref, strict=True)]
+        diff = max(float((a - b).abs().max()) for a, b in pairs)
+        full = [(got[0], ref[0]) for got, ref in zip(outputs[name], base, strict=True)]
+        agree = sum(int((labels(a) == labels(b)).sum()) for a, b in full) / sum(a[0].numel() for a, _ in full)
         rate = flops / per_image / 1e9
+        peak = peaks[variants[name][0]]
         print(
-            f"{name:32s} {per_image:6.2f} s/image  {1 / per_image:6.3f} images/s  x{base_s / seconds:4.2f}  "
-            f"{rate:5.0f} GFLOP/s = {rate / peaks['matmul']:4.0%} of matmul, "
-            f"{rate / peaks['3x3 conv']:4.0%} of 3x3 conv  max diff {diff:.1e}"
+            f"{name:36s} {per_image:6.2f} s/image  x{base_s / seconds:4.2f}  {rate:5.0f} GFLOP/s = "
+            f"{rate / peak['matmul']:4.0%} of its matmul, {rate / peak['3x3 conv']:4.0%} of its 3x3 conv  "
+            f"max diff {diff:.1e}  labels agree {agree:.2%}"
         )
 
 

@@ -8,15 +8,16 @@ multi-scale CAM.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ml.device import FLOAT32, Precision, pick_precision
 from ml.loaders import images_to_tensor01
 from ml.models.backbone import imagenet_normalize
 from ml.models.cam_net import CamNet
+from ml.spec.config import PipelineConfig
 
 NORM_EPS = 1e-5  # each map is divided by (its max + this): an all-zero map stays zero
 # On a CPU, batching pays only while a forward pass stays cache-sized: measured on 2 cores with
@@ -34,25 +35,30 @@ def stride4_size(height: int, width: int) -> tuple[int, int]:
     return -(-height // 4), -(-width // 4)
 
 
+def cam_precision(config: PipelineConfig, device: torch.device) -> Precision:
+    """The precision of make_cams' passes, which select_prompts' multi-scale CAMs share: `precision`, or
+    float32 where make_cams.half_precision is off."""
+    return pick_precision(config.precision if config.make_cams.half_precision else "float32", device)
+
+
 def multiscale_cams(
     net: CamNet,
     images: Sequence[np.ndarray],
     keys: Sequence[Sequence[int]],
     scales: Sequence[float],
     flip: bool,
-    half_precision: bool = False,
+    precision: Precision = FLOAT32,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Same-sized images and their tagged labels -> per image (cam (n, H, W), cam_s4 (n, h4, w4)), float32.
 
     Per scale, every image of the batch and (with `flip`) their mirrors go through the network
-    together: in one pass on a GPU, in passes of at most CPU_PASS_PIXELS on a CPU.
+    together: in one pass on a GPU, in passes of at most CPU_PASS_PIXELS on a CPU, autocast to
+    `precision`, in channels-last layout (on a CPU faster in float32 and bfloat16, bench/make_cams.py;
+    the layout GPU tensor cores take).
     """
     device = next(net.parameters()).device
     height, width = images[0].shape[:2]
     full, strided = (height, width), stride4_size(height, width)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16) if half_precision and device.type == "cuda" else nullcontext()
-    )
     batch = imagenet_normalize(images_to_tensor01(images, device))  # (B, 3, H, W)
     labels = [torch.as_tensor(k, dtype=torch.long, device=device) - 1 for k in keys]
     sums_full = [torch.zeros(len(k), *full, device=device) for k in keys]
@@ -63,8 +69,10 @@ def multiscale_cams(
             if flip:
                 x = torch.cat([x, x.flip(-1)])  # (B * 2, 3, h, w)
             per_pass = len(x) if device.type == "cuda" else max(1, CPU_PASS_PIXELS // (x.shape[2] * x.shape[3]))
-            with autocast:
-                cams = torch.cat([net.cams(part).float() for part in x.split(per_pass)])  # (B or 2B, K, h/16, w/16)
+            with precision.autocast(device):
+                cams = torch.cat(  # (B or 2B, K, h/16, w/16)
+                    [net.cams(part.contiguous(memory_format=torch.channels_last)).float() for part in x.split(per_pass)]
+                )
             if flip:
                 count = len(images)
                 cams = cams[:count] + cams[count:].flip(-1)

@@ -18,6 +18,7 @@ from ml.spec.config import PipelineConfig, config_to_dict
 from ml.spec.layout import RunLayout
 from ml.spec.registry import EVALUATION_STAGES, STAGE_BY_NAME, STAGES, load, stages_for
 from ml.spec.weight_tags import BACKBONE, CLIP, weights_needed
+from ml.synonym_llm import LlmEndpoint
 
 log = logging.getLogger("pole")
 
@@ -37,8 +38,10 @@ def run_pipeline(
     should_cancel: CancelFn | None = None,
     on_stage: StageEventFn | None = None,
     until: str | None = None,
+    synonym_llm: LlmEndpoint | None = None,
 ) -> dict:
-    """Run every unfinished stage (up to and including `until`); return the run summary."""
+    """Run every unfinished stage (up to and including `until`); return the run summary. `synonym_llm` is the
+    language model select_prompts asks for synonyms (the caller's settings; none asked without it)."""
     layout = RunLayout(out)
     check_weights(config, [n for n in stages_for(config) if not layout.stage_done(n)])
     out.mkdir(parents=True, exist_ok=True)
@@ -56,6 +59,7 @@ def run_pipeline(
         on_progress=on_progress,
         should_cancel=should_cancel,
         failed_images=layout.read_failed_images(),
+        synonym_llm=synonym_llm,
     )
     timings = {}
     for name in stages_for(config):

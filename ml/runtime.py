@@ -20,12 +20,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ml.data import Dataset, ImageRecord
 from ml.data.images import READ_ERRORS, read_image
 from ml.spec.config import PipelineConfig, config_to_dict
 from ml.spec.layout import STAGE_RECORD, RunLayout
 from ml.spec.registry import STAGE_BY_NAME
+
+if TYPE_CHECKING:
+    from ml.synonym_llm import LlmEndpoint
 
 log = logging.getLogger("pole")
 
@@ -46,6 +50,7 @@ class StageContext:
     on_progress: ProgressFn | None = None
     should_cancel: CancelFn | None = None
     failed_images: dict[str, str] = field(default_factory=dict)  # image id -> reason
+    synonym_llm: LlmEndpoint | None = None  # where select_prompts asks a language model for synonyms
     _last_report: float = 0.0
 
     def progress(self, fraction: float, message: str = "", force: bool = False) -> None:

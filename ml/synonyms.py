@@ -30,7 +30,9 @@ class Candidates:
     cls: str
     words: list[str]  # the class name first, then the kept synonyms, best first
     scores: list[float]  # similarity of each word to the class name (the class name's own first)
-    source: str  # job | dataset | builtin | wordnet | none; "unknown" when the caller did not say
+    # job | dataset | builtin | wordnet | none, "+llm" when a language model's words joined them (ml/synonym_llm.py),
+    # "llm" alone; "unknown" when the caller did not say
+    source: str
 
 
 def _fold(word: str) -> str:
@@ -115,6 +117,17 @@ def gather_candidates(
         if words:
             return words, "wordnet"
     return [], "none"
+
+
+def words_by_source(cls: str, dataset: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The words each table and WordNet give `cls`, in gather_candidates' order, leaving out those that do not
+    know it: what a person sees before a job takes the first of them."""
+    found = {
+        "dataset": _lookup(dataset, cls),
+        "builtin": _lookup(builtin_table(), cls),
+        "wordnet": wordnet_words(cls) or None,  # no lemma: WordNet does not know it
+    }
+    return {source: clean_words(words, cls) for source, words in found.items() if words is not None}
 
 
 def rank_candidates(cls: str, words: list[str], similarity: SimilarityFn, m: int, source: str = "") -> Candidates:

@@ -9,7 +9,7 @@ import sys
 
 from ml import __version__
 from pole import demo
-from pole.commands import predict, runs, service, world
+from pole.commands import predict, runs, service, submit, world
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pole {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (runs, predict, world, service, demo):
+    for group in (runs, predict, world, service, submit, demo):
         group.register(sub)
     return parser
 

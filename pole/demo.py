@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ml.data.archive import zip_folder
 from pole import demo_report
-from pole.client import PoleApiError, PoleClient
+from pole.client import Client, PoleApiError
 from pole.report import RunReport, print_report
 from pole.service_process import EmbeddedService, ServiceError, free_port, sigterm_as_interrupt
 
@@ -63,7 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"starting the service on port {port} (data in {out / 'service'}, log in {out / 'service.log'})")
             with (
                 EmbeddedService(out / "service", port, out / "service.log") as service,
-                PoleClient(service.url, service.create_key("demo")) as client,
+                Client(service.url, service.create_key("demo")) as client,
             ):
                 files = run_job(client, out, args, overrides)
     except KeyboardInterrupt:
@@ -79,7 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_job(client: PoleClient, out: Path, args: argparse.Namespace, overrides: dict) -> dict[str, Path]:
+def run_job(client: Client, out: Path, args: argparse.Namespace, overrides: dict) -> dict[str, Path]:
     """World -> upload -> job -> archive, metrics, selections, report and figures; returns the files
     written besides the archive and the figures, which the report lists."""
     from ml.world.writer import make_world
@@ -94,7 +94,7 @@ def run_job(client: PoleClient, out: Path, args: argparse.Namespace, overrides: 
     config = {**overrides, "seed": overrides.get("seed", args.seed)}
     job = client.create_job(dataset["id"], preset=args.preset, config=config)
     print(f"job {job['id']} queued (preset {job['preset']}; models {json.dumps(job['models'])})")
-    job = demo_report.follow_with_bar(client.follow_job(job["id"]))
+    job = client.wait_for_job(job["id"], progress=True)
     if job["state"] != "succeeded":
         raise DemoError(f"job {job['id']} {job['state']}: {job['error'] or job['message']} (see {out / 'service.log'})")
 
@@ -125,7 +125,7 @@ def run_job(client: PoleClient, out: Path, args: argparse.Namespace, overrides: 
     return files
 
 
-def label_fresh_images(client: PoleClient, out: Path, args: argparse.Namespace, job: dict, classes: list[str]) -> dict:
+def label_fresh_images(client: Client, out: Path, args: argparse.Namespace, job: dict, classes: list[str]) -> dict:
     """Label a new world (another seed: no stage of the job saw it) from its pixels alone, with the job's
     segmenter, and score the labels against the world's own masks."""
     from ml.world.writer import make_world
@@ -135,7 +135,7 @@ def label_fresh_images(client: PoleClient, out: Path, args: argparse.Namespace, 
     images = zip_folder(fresh / "images", out / "fresh_images.zip")  # pixels only: no tags, no masks
     print(f"\nlabelling {FRESH_IMAGES} new world images (seed {args.seed + 1}) with the job's segmenter, no tags given")
     run = client.create_prediction(job["id"], images)
-    run = demo_report.follow_with_bar(client.follow_prediction(job["id"], run["id"]))
+    run = client.wait_for_prediction(job["id"], run["id"], progress=True)
     if run["state"] != "succeeded":
         raise DemoError(f"prediction run {run['id']} {run['state']}: {run['error'] or run['message']}")
     archive = client.download_prediction_archive(job["id"], run["id"], out / f"pole_predictions_{run['id']}.zip")

@@ -1,33 +1,14 @@
-"""The demo's side of the report (pole/report.py): a job's progress bar, and its report and figures
-filled from the REST API's answers and the downloaded archive."""
+"""The demo's side of the report (pole/report.py): a job's report and figures filled from the REST
+API's answers and the downloaded archive."""
 
 from __future__ import annotations
 
 import shutil
 import zipfile
-from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
 from pole.report import EVALUATIONS, ShownImage, shown_ids, write_figures
-
-BAR_STEPS = 1000
-DESCRIPTION_WIDTH = 34
-
-
-def follow_with_bar(jobs: Iterable[dict]) -> dict:
-    """A bar driven by each state's overall progress and, for a job, its stage and the stage's own
-    fraction (a prediction run has no stages); returns the last state."""
-    from pole.progress import progress_bar
-
-    job: dict = {}
-    with progress_bar(BAR_STEPS, DESCRIPTION_WIDTH) as bar:
-        for job in jobs:
-            stage = f"{job['stage']} {job['stage_progress']:4.0%}" if job.get("stage") else job["state"]
-            bar.set_description_str(stage, refresh=False)
-            bar.n = round(BAR_STEPS * job["progress"])
-            bar.refresh()
-    return job
 
 
 def job_scores(metrics: dict) -> dict[str, dict]:

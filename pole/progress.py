@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from tqdm import tqdm
@@ -19,6 +19,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 ESTIMATE_AFTER_FRACTION = 0.03
 ESTIMATE_AFTER_SECONDS = 10.0
+FRACTION_STEPS = 1000  # the steps of a bar driven by a fraction done
+DESCRIPTION_WIDTH = 34  # the widest stage name and its percentage
 
 
 def time_left(done: float, total: float, elapsed: float, initial: float = 0) -> str:
@@ -55,3 +57,34 @@ def progress_bar(total: int, description_width: int = 0) -> Iterator[ProgressBar
             yield bar
     finally:
         logging.captureWarnings(False)
+
+
+@contextmanager
+def state_bar() -> Iterator[Callable[[dict], None]]:
+    """A bar following what the API says of a job, a prediction run or a dataset being checked: `show(state)`
+    with each answer draws its stage and the stage's own fraction (its state when it has no stage) and its
+    overall progress."""
+    with progress_bar(FRACTION_STEPS, DESCRIPTION_WIDTH) as bar:
+
+        def show(state: dict) -> None:
+            stage = f"{state['stage']} {state['stage_progress']:4.0%}" if state.get("stage") else state["state"]
+            bar.set_description_str(stage, refresh=False)
+            bar.n = round(FRACTION_STEPS * state["progress"])
+            bar.refresh()
+
+        yield show
+
+
+@contextmanager
+def transfer_bar(description: str) -> Iterator[Callable[[int, int | None], None]]:
+    """A bar for a file going to or coming from the server: `show(done, total)` after each chunk, in bytes
+    (total None when the server did not say); redrawn at tqdm's pace, not at every chunk."""
+    with progress_bar(FRACTION_STEPS, DESCRIPTION_WIDTH) as bar:
+        bar.set_description_str(description, refresh=False)
+
+        def show(done: int, total: int | None) -> None:
+            sizes = [tqdm.format_sizeof(n, "B", 1024) for n in (done, total) if n is not None]
+            bar.set_postfix_str(" of ".join(sizes), refresh=False)
+            bar.update(round(FRACTION_STEPS * done / total) - bar.n if total else 0)
+
+        yield show

@@ -22,9 +22,17 @@ log = logging.getLogger("pole.worker")
 def execute(lease: Lease) -> None:
     """Run the job held by `lease` and record how it ended. Transient database errors propagate, for
     the task to retry; a lost lease ends the attempt without a write."""
+    # The heartbeat starts before the imports: on a busy machine loading torch alone can outlast the
+    # stale-after window, and the reaper would hand a job that is only importing to another attempt.
+    with Heartbeat(lease, lease.settings.heartbeat_seconds):
+        _attempt(lease)
+
+
+def _attempt(lease: Lease) -> None:
     # Imported here: torch loads in the pool process that runs the job, never in the worker's main process.
     from ml.data import DatasetError
     from ml.data.readers import read_dataset
+    from ml.derive import prepare_derived_run
     from ml.pipeline import run_pipeline
     from ml.runtime import Cancelled
     from ml.spec.config import config_from_dict
@@ -35,6 +43,7 @@ def execute(lease: Lease) -> None:
         config = config_from_dict(job.config)
         data_path = dataset_dir(settings, job.dataset.path)
         uploaded = set(session.scalars(select(Image.image_id).where(Image.dataset_id == job.dataset_id)))
+        parent_run = job_dir(settings, job.parent_id) if job.parent_id else None
     log.info("job %s: attempt with lease %s", job_id, lease.token)
     run_dir = job_dir(settings, job_id)
     layout = RunLayout(run_dir)
@@ -50,18 +59,20 @@ def execute(lease: Lease) -> None:
         )
 
     try:
-        with Heartbeat(lease, settings.heartbeat_seconds):
-            # Images that turned unreadable since the upload are dropped and listed, not fatal.
-            dataset = read_dataset(data_path, skip_bad=True, max_pixels=settings.max_image_pixels)
-            unreadable = dropped_images(uploaded, dataset)
-            summary = run_pipeline(
-                dataset,
-                run_dir,
-                config,
-                on_progress=on_progress,
-                should_cancel=lease.should_cancel,
-                on_stage=recorder.on_stage,
-            )
+        # Images that turned unreadable since the upload are dropped and listed, not fatal.
+        dataset = read_dataset(data_path, skip_bad=True, max_pixels=settings.max_image_pixels)
+        unreadable = dropped_images(uploaded, dataset)
+        if config.derive.parent:  # a derived job starts from its parent's outputs, its words overridden
+            prepare_derived_run(parent_run, run_dir, list(config.derive.overrides))
+        summary = run_pipeline(
+            dataset,
+            run_dir,
+            config,
+            on_progress=on_progress,
+            should_cancel=lease.should_cancel,
+            on_stage=recorder.on_stage,
+            synonym_llm=settings.synonym_llm(),
+        )
     except Cancelled:
         with lease.sessions() as session, session.begin():
             lease.end(session, JobState.cancelled, message=f"cancelled during {recorder.stage}")

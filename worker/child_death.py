@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from app.db import create_db_engine, make_sessionmaker
+from app.dispatch import send_next_jobs_after_end
 from app.models import Job, JobState, utcnow
 from app.queue import send_run_job
 from app.settings import Settings
@@ -92,8 +93,10 @@ def release_after_death(
         try:
             send_run_job(celery, job_id)
         except BrokerUnreachable as err:
-            # Queued in the database already: the reaper sends it again after a stale period.
+            # Queued in the database already: the reaper sends it again once it is due.
             log.error("job %s: queue unreachable (%s); the reaper will send it again", job_id, err)
+    else:
+        send_next_jobs_after_end(sessions, settings, celery, job_id)
     return action
 
 
@@ -109,8 +112,8 @@ def _release(state: str, attempts: int, max_attempts: int, death: str) -> tuple[
         )
         return {**ended, "state": JobState.failed, "error": reason}, "failed"
     message = f"requeued after the worker process running it died (attempt {attempts} of {max_attempts})"
-    # heartbeat_at = now: the reaper's clock for sending a requeued job again starts here.
-    values = {"state": JobState.queued, "lease": None, "worker": None, "message": message, "heartbeat_at": now}
+    # enqueued_at = now: the reaper's clock for sending a requeued job again starts here.
+    values = {"state": JobState.queued, "lease": None, "worker": None, "message": message, "enqueued_at": now}
     return values, "requeued"
 
 

@@ -1,5 +1,6 @@
 """What the pipeline reports, into the job's rows: stage rows as stages start, end or are skipped,
-an evaluation stage's metrics as it ends, and at the end of the run what run_pipeline summarised.
+an evaluation stage's metrics as it ends, the chosen words once select_prompts has them, and at the
+end of the run what run_pipeline summarised.
 
 The run directory is read through ml.spec.layout only; its file names are not spelled here.
 """
@@ -53,6 +54,9 @@ class StageRecorder:
                 metrics = self.layout.read_metrics(stage)
                 if metrics is not None:
                     replace_metrics(session, job_id, stage, metrics)
+            # The words can be reviewed (and overridden) while the later stages run.
+            if event in ("end", "skip") and stage == "select_prompts":
+                replace_selections(session, job_id, self.layout.read_selections())
 
 
 def record_success(lease: Lease, summary: dict, unreadable: dict[str, str]) -> bool:
@@ -80,12 +84,15 @@ def record_success(lease: Lease, summary: dict, unreadable: dict[str, str]) -> b
         for stage in EVALUATION_STAGES:
             if summary.get(stage) is not None:
                 replace_metrics(session, job_id, stage, summary[stage])
-        # Replace, never append: a resumed job must not list its selections twice.
-        session.execute(delete(Selection).where(Selection.job_id == job_id))
-        selections = [selection_row(job_id, item) for item in summary.get("selections", [])]
-        if selections:
-            session.execute(insert(Selection), selections)
+        replace_selections(session, job_id, summary.get("selections", []))
     return True
+
+
+def replace_selections(session: Session, job_id: str, records: list[dict]) -> None:
+    # Replace, never append: a resumed job must not list its selections twice.
+    session.execute(delete(Selection).where(Selection.job_id == job_id))
+    if records:
+        session.execute(insert(Selection), [selection_row(job_id, item) for item in records])
 
 
 def record_failure(lease: Lease, layout: RunLayout, reason: str) -> None:
@@ -120,7 +127,8 @@ def replace_metrics(session: Session, job_id: str, stage: str, metrics: dict) ->
 
 
 def selection_row(job_id: str, item: dict) -> dict:
-    """A Selection row from one of the summary's selections ({image, label, class, candidates, scores, chosen})."""
+    """A Selection row from one of the summary's selections ({image, label, class, candidates, scores, chosen},
+    and `overridden` where a derived run's override set the word)."""
     return {
         "job_id": job_id,
         "image_id": item["image"],
@@ -129,4 +137,5 @@ def selection_row(job_id: str, item: dict) -> dict:
         "candidates": item["candidates"],
         "scores": item["scores"],
         "chosen": item["chosen"],
+        "overridden": bool(item.get("overridden", False)),
     }

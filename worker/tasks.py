@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import worker.process_setup  # noqa: F401  (connects the job process's setup to Celery's signals)
 from app.db import create_db_engine, make_sessionmaker
+from app.dispatch import send_next_jobs_after_end
 from app.models import PredictionRun
 from app.queue import BUILD_ARCHIVE, BUILD_ONNX_MODEL, BUILD_PREDICTION_ARCHIVE, RUN_JOB, RUN_PREDICTION
 from app.settings import Settings
@@ -59,6 +60,8 @@ def run_job(self: JobTask, job_id: str, lease: str | None = None) -> None:
     except TRANSIENT_ERRORS as err:
         log.warning("job %s: transient error (%s); retrying from the last finished stage", job_id, err)
         raise self.retry(exc=err, kwargs={"job_id": job_id, "lease": held.token}, countdown=5) from err
+    # Ended (or taken over by another attempt, which changes nothing): the slot may be free for the key's next job.
+    send_next_jobs_after_end(self.sessions, self.settings, self.app, job_id)
 
 
 @shared_task(bind=True, base=DatabaseTask, name=BUILD_ARCHIVE)

@@ -22,7 +22,7 @@ from app.deps import (
     authenticate,
     owned_job,
 )
-from app.job_service import cancel_job, create_job, job_out
+from app.job_service import cancel_job, create_job, job_out, jobs_out
 from app.models import Job, JobState
 from app.openapi import error_responses
 from app.pagination import paginate
@@ -53,7 +53,7 @@ def post_job(
     job, created = create_job(session, settings, celery, owner=key, body=body, idempotency_key=idempotency_key)
     if not created:
         response.status_code = 200
-    return job_out(job)
+    return jobs_out(session, [job])[0]
 
 
 @router.get("", response_model=Page[JobOut])
@@ -70,7 +70,7 @@ def list_jobs(
     if state:
         query = query.where(Job.state == state)
     jobs, next_cursor = paginate(session, query, (Job.created_at, Job.id), *page, descending=True)
-    return {"items": [job_out(j) for j in jobs], "next_cursor": next_cursor}
+    return {"items": jobs_out(session, jobs), "next_cursor": next_cursor}
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -86,10 +86,10 @@ def _read_owned_job(
     sessions: sessionmaker[Session], credentials: HTTPAuthorizationCredentials | None, job_id: str
 ) -> JobOut:
     with sessions() as session:
-        return job_out(owned_job(session, authenticate(session, credentials), job_id))
+        return jobs_out(session, [owned_job(session, authenticate(session, credentials), job_id)])[0]
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(409))
-def post_cancel(job: OwnedJob, session: SessionDep) -> JobOut:
+def post_cancel(job: OwnedJob, session: SessionDep, settings: SettingsDep, celery: CeleryDep) -> JobOut:
     """Cooperative: a queued job is cancelled at once, a running one at its next batch boundary."""
-    return job_out(cancel_job(session, job))
+    return job_out(cancel_job(session, settings, celery, job))

@@ -1,4 +1,5 @@
-"""Derived jobs and the word overrides a person made; datasets validated in the background; jobs remember when they were last sent to the queue.
+"""Derived jobs and the word overrides a person made; datasets validated in the background; jobs remember
+when they were last sent to the queue.
 
 Revision ID: 0005
 Revises: 0004
@@ -45,19 +46,28 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("pk", name="pk_word_overrides"),
     )
     op.create_index("ix_word_overrides_job_class", "word_overrides", ["job_id", "class_name"])
+    with op.batch_alter_table("selections") as selections:
+        selections.add_column(sa.Column("overridden", sa.Boolean(), nullable=False, server_default=sa.false()))
     with op.batch_alter_table("datasets") as datasets:
         datasets.add_column(sa.Column("state", sa.String(16), nullable=False, server_default="ready"))
         datasets.add_column(sa.Column("progress", sa.Float(), nullable=False, server_default="1.0"))
         datasets.add_column(sa.Column("problems", JSON, nullable=True))
-        datasets.create_check_constraint("ck_datasets_state", f"state IN ({', '.join(repr(s) for s in DATASET_STATES)})")
+        # The upload caps allow an extracted dataset of several GiB: more than a 32-bit integer holds.
+        datasets.alter_column("size_bytes", type_=sa.BigInteger(), existing_type=sa.Integer(), existing_nullable=False)
+        datasets.create_check_constraint(
+            "ck_datasets_state", f"state IN ({', '.join(repr(s) for s in DATASET_STATES)})"
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("datasets") as datasets:
         datasets.drop_constraint("ck_datasets_state", type_="check")
+        datasets.alter_column("size_bytes", type_=sa.Integer(), existing_type=sa.BigInteger(), existing_nullable=False)
         datasets.drop_column("problems")
         datasets.drop_column("progress")
         datasets.drop_column("state")
+    with op.batch_alter_table("selections") as selections:
+        selections.drop_column("overridden")
     op.drop_index("ix_word_overrides_job_class", table_name="word_overrides")
     op.drop_table("word_overrides")
     with op.batch_alter_table("jobs") as jobs:

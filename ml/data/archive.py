@@ -15,6 +15,7 @@ import stat
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -142,35 +143,65 @@ def _read_member(source, info: zipfile.ZipInfo) -> bytes:
         raise ArchiveError(f"member {info.filename!r} is damaged ({err}); re-create the zip") from err
 
 
-def safe_extract(zip_path: str | Path, dest: str | Path, limits: ArchiveLimits | None = None) -> list[Path]:
+def check_archive(zip_path: str | Path, limits: ArchiveLimits | None = None) -> int:
+    """Check what the listing of `zip_path` alone tells, extracting nothing; returns the files it holds.
+
+    The refusals of `safe_extract` that need no member's data (not a zip or empty, too many members
+    or declared bytes, unsafe names, links and devices, duplicates, encryption): a fraction of a
+    second however large the archive, so an upload can be answered at once.
+    """
+    try:
+        with _open_archive(zip_path) as archive:
+            return len(_plan(archive, limits or ArchiveLimits()))
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, UnicodeDecodeError) as err:
+        raise _damaged(err) from err
+
+
+def safe_extract(
+    zip_path: str | Path,
+    dest: str | Path,
+    limits: ArchiveLimits | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
     """Extract the regular files of `zip_path` into the new folder `dest`; returns their paths, sorted.
 
     Raises ArchiveError (leaving nothing at `dest`) for anything unsafe: not a zip or empty, more
     members or bytes than `limits`, a member expanding more than the ratio limit, absolute or
     escaping paths, drive letters or backslashes, symlinks, devices or pipes, duplicate names,
-    encryption, damaged data. `dest` must not exist; its parent must.
+    encryption, damaged data. `dest` must not exist; its parent must. `progress(done, total)` is
+    called after each file; an exception it raises stops the extraction, leaving nothing either.
     """
     limits = limits or ArchiveLimits()
     dest = Path(dest)
     if dest.exists():
         raise FileExistsError(f"{dest} already exists; extract into a new folder")
-    if not zipfile.is_zipfile(zip_path):
-        raise ArchiveError("not a zip archive; upload the dataset as a .zip file")
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        with zipfile.ZipFile(zip_path) as archive:
+        with _open_archive(zip_path) as archive:
             members = _strip_common_folder(_plan(archive, limits))
             total = 0
-            for info, relative in members:
+            for done, (info, relative) in enumerate(members, start=1):
                 total += _copy_member(archive, info, staging / relative, limits, total)
+                if progress is not None:
+                    progress(done, len(members))
         os.rename(staging, dest)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
-        raise ArchiveError(f"archive is damaged or uses an unsupported feature ({err}); re-create the zip") from err
-    except UnicodeDecodeError as err:  # zipfile decodes every member name as it opens the archive
-        raise ArchiveError("a member name is marked as UTF-8 but is not; re-create the zip") from err
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, UnicodeDecodeError) as err:
+        raise _damaged(err) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after a successful rename there is nothing left here
     return sorted(dest / relative for _, relative in members)
+
+
+def _open_archive(zip_path: str | Path) -> zipfile.ZipFile:
+    if not zipfile.is_zipfile(zip_path):
+        raise ArchiveError("not a zip archive; upload the dataset as a .zip file")
+    return zipfile.ZipFile(zip_path)
+
+
+def _damaged(err: Exception) -> ArchiveError:
+    if isinstance(err, UnicodeDecodeError):  # zipfile decodes every member name as it opens the archive
+        return ArchiveError("a member name is marked as UTF-8 but is not; re-create the zip")
+    return ArchiveError(f"archive is damaged or uses an unsupported feature ({err}); re-create the zip")
 
 
 def zip_folder(folder: str | Path, archive_path: str | Path) -> Path:

@@ -12,14 +12,16 @@ releases the GIL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ml.data.archive import ArchiveError, ArchiveLimits, safe_extract
 from ml.data.dataset import Dataset, DatasetError, ImageRecord, Problem
 from ml.data.images import DEFAULT_MAX_PIXELS
 from ml.data.layouts.checks import check_all
-from ml.data.layouts.manifest import MANIFEST_FILES, read_manifest
-from ml.data.layouts.voc import VOC_IMAGES, read_voc
+from ml.data.layouts.listing import class_lookup, read_synonyms
+from ml.data.layouts.manifest import MANIFEST_FILES, manifest_key, read_manifest
+from ml.data.layouts.voc import VOC_IMAGES, name_key, read_voc
 
 
 def _find_layout(path: Path) -> tuple[Path, str]:
@@ -52,13 +54,18 @@ def _find_layout(path: Path) -> tuple[Path, str]:
 
 
 def read_dataset(
-    path: str | Path, skip_bad: bool = False, split: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path,
+    skip_bad: bool = False,
+    split: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Dataset:
     """Read and check a dataset folder (layout detected); see the layout modules for what each holds.
 
     Raises DatasetError listing every problem. With skip_bad=True, images with problems are dropped
     and their problems listed in `Dataset.skipped`; problems of the dataset as a whole stay fatal.
-    `split` keeps only that split (a tags.csv split value or a VOC list name).
+    `split` keeps only that split (a tags.csv split value or a VOC list name). `progress(done, total)`
+    follows the images being decoded (see `check_all`).
     """
     path = Path(path)
     if not path.exists():
@@ -71,7 +78,7 @@ def read_dataset(
     listing = read_manifest(root, split) if layout == "manifest" else read_voc(root, split)
     if not listing.entries and not listing.problems:
         listing.problems.append(Problem(".", None, "the dataset lists no images"))
-    check_all(root, listing, max_pixels)
+    check_all(root, listing, max_pixels, progress)
     bad = [entry for entry in listing.entries if entry.problems]
     image_problems = [problem for entry in bad for problem in entry.problems]
     if listing.problems or (image_problems and not skip_bad):
@@ -86,6 +93,22 @@ def read_dataset(
     return Dataset(
         root, layout, listing.classes, images, listing.synonyms, skipped=image_problems, label_names=listing.label_names
     )
+
+
+def ground_truth_masks(path: str | Path) -> dict[str, Path]:
+    """The ground-truth mask file of each image that has one, by image id, from the listing alone (nothing
+    decoded): for showing the results of a dataset that was read and checked before."""
+    root, layout = _find_layout(Path(path))
+    listing = read_manifest(root, None) if layout == "manifest" else read_voc(root, None)
+    return {entry.id: entry.mask for entry in listing.entries if entry.mask is not None and not entry.problems}
+
+
+def read_dataset_synonyms(path: str | Path, classes: list[str]) -> dict[str, list[str]]:
+    """The synonyms.csv of a dataset folder read and checked before (its `classes`), by class, without
+    reading anything else: for showing the candidate words before a job."""
+    root, layout = _find_layout(Path(path))
+    lookup = class_lookup(classes, manifest_key if layout == "manifest" else name_key)
+    return read_synonyms(root, classes, lookup, problems=[])
 
 
 def load_dataset(path: str | Path, skip_bad: bool = False, split: str | None = None) -> Dataset:

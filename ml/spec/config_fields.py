@@ -15,11 +15,13 @@ import re
 from collections.abc import Collection
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, Strict
+from pydantic import AfterValidator, ConfigDict, Field, Strict, with_config
 from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict
 
 MAX_WORDS = 1000  # background words, or synonyms of one class
 MAX_CLASSES = 10_000
+MAX_OVERRIDES = 100_000  # word overrides a derived run applies: at most one `use` per (image, class)
 PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 # auto | cpu | cuda | cuda:N, N a device index 0..63 without leading zeros
 DEVICE = re.compile(r"auto|cpu|cuda|cuda:([0-9]|[1-5][0-9]|6[0-3])")
@@ -128,6 +130,21 @@ Sweep = Annotated[tuple[Fraction, Fraction, number(ge=0.001, le=1)], AfterValida
 Scales = Annotated[tuple[Scale, ...], Field(min_length=1, max_length=16)]
 Words = Annotated[tuple[Word, ...], Field(min_length=1, max_length=MAX_WORDS)]
 Synonyms = Annotated[dict[Word, Annotated[list[Word], Field(max_length=MAX_WORDS)]], Field(max_length=MAX_CLASSES)]
+RunName = text(0, 4096)  # a job id, or a run directory
+
+# One word override as ml/spec/overrides.py applies it; "class" is a Python keyword, hence this form.
+WordOverride = with_config(ConfigDict(extra="forbid"))(
+    TypedDict(
+        "WordOverride",
+        {
+            "image": Annotated[str, Strict(), Field(min_length=1, max_length=255)] | None,
+            "class": Word,
+            "action": choice(("use", "drop")),
+            "word": Word,
+        },
+    )
+)
+WordOverrides = Annotated[tuple[WordOverride, ...], Field(max_length=MAX_OVERRIDES)]
 
 
 def distinct_choices(names: Collection[str]) -> Any:

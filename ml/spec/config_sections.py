@@ -35,6 +35,7 @@ from ml.spec.config_fields import (
     PresetName,
     Probability,
     Radius,
+    RunName,
     ScaleRange,
     Scales,
     Seed,
@@ -47,6 +48,7 @@ from ml.spec.config_fields import (
     Template,
     WeightDecay,
     Width,
+    WordOverrides,
     Words,
     Workers,
     choice,
@@ -63,6 +65,8 @@ BATCHNORM_MODES = ("batch", "frozen")
 CLIP_FILLS = ("mean", "black")
 CBS_FEATURES = ("raw", "adapted")
 SELECTION_CAMS = ("multiscale", "single")
+# The arithmetic of the inference passes: "auto" or a torch dtype's name (ml/device.py DTYPES).
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 # The momentum the public CLIMS/IRNet/POLE code trains with: its SGD wrapper (torchutils.PolyOptimizer)
 # calls SGD(params, lr, weight_decay), which puts weight decay in the momentum slot, so every published
@@ -103,6 +107,7 @@ BatchNormMode = choice(BATCHNORM_MODES)
 ClipFill = choice(CLIP_FILLS)
 CbsFeatures = choice(CBS_FEATURES)
 SelectionCam = choice(SELECTION_CAMS)
+PrecisionName = choice(PRECISIONS)
 ThresholdSet = choice(THRESHOLD_SETS)
 SegmenterName = choice(registry.SEGMENTER_BACKBONES)
 
@@ -185,6 +190,9 @@ class SelectPromptsConfig:
     num_synonyms: SynonymCount = 3  # m: candidates kept per class, plus the class name itself
     synonyms: Synonyms = field(default_factory=dict)  # the job's own lists win
     use_wordnet: Flag = True  # lexical fallback for classes with no list anywhere
+    # Add a language model's synonyms (as the paper made its lists) where the service or `pole run` has an
+    # endpoint (POLE_SYNONYM_LLM_URL); no endpoint, or false: none asked. Never for the job's own lists.
+    llm_synonyms: Flag = True
     batch_size: BatchSize = 32
     # The CAM that masks the image: "multiscale" is make_cams' map (its scales and flip, as the public
     # POLE selection masks with the baseline's multi-scale, flipped CAM), "single" one pass at scale 1.
@@ -242,7 +250,9 @@ class MakeCamsConfig:
     scales: Scales = (1.0, 0.5, 1.5, 2.0)
     flip: Flag = True
     batch_images: BatchSize = 1  # images per forward batch (all their scales/flips go together)
-    half_precision: Flag = True  # autocast on CUDA; maps are stored as float16 either way
+    # False keeps this stage (and select_prompts' multi-scale CAMs) in float32 whatever `precision`
+    # says; the maps are stored as float16 either way.
+    half_precision: Flag = True
 
 
 @dataclass(config=SECTION)
@@ -330,10 +340,24 @@ class ExportConfig:
 
 
 @dataclass(config=SECTION)
+class DeriveConfig:
+    # A derived run reuses the train_cam and select_prompts outputs of `parent` (a job id, or a run
+    # directory for `pole run --parent`) and re-runs from train_pole with the chosen words corrected by
+    # `overrides`, the exact list applied (ml/spec/overrides.py says what each means), so the run can be
+    # rebuilt even after the parent's list has changed. parent "": not a derived run.
+    parent: RunName = ""
+    overrides: WordOverrides = ()
+
+
+@dataclass(config=SECTION)
 class PipelineConfig:
     preset: PresetName = "paper"
     seed: Seed = 0
     device: Device = "auto"
+    # The arithmetic of the CAM networks' inference passes (make_cams): "auto" picks per device at run
+    # time, float16 autocast on CUDA, bfloat16 on a CPU with AMX or AVX512-BF16 instructions, float32
+    # elsewhere; "bfloat16" also runs on other CPUs, only slower. stage.json records what ran and why.
+    precision: PrecisionName = "auto"
     num_workers: Workers = 0  # DataLoader workers
     # Training stages use images of this split only ("" = every image); inference covers all.
     train_split: SplitName = ""
@@ -350,3 +374,4 @@ class PipelineConfig:
     crf: CrfConfig = field(default_factory=CrfConfig)
     train_seg: TrainSegConfig = field(default_factory=TrainSegConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    derive: DeriveConfig = field(default_factory=DeriveConfig)

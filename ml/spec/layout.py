@@ -216,11 +216,13 @@ class RunLayout(ExportFiles):
         return {(r["image"], r["label"]): r["chosen"] for r in self.read_selections()}
 
     def provenance(self) -> dict:
-        """Seeds, weights and checkpoint hashes per finished stage, from their stage.json files."""
+        """Seeds, weights, checkpoint hashes, the synonyms' language model and the precision that ran per
+        finished stage, from their stage.json files."""
         record = {}
         for path in sorted(self.root.glob(f"*/{STAGE_RECORD}")):
             data = json.loads(path.read_text())
-            record[path.parent.name] = {k: data[k] for k in ("seed", "weights", "checkpoints") if k in data}
+            kept = ("seed", "weights", "checkpoints", "synonym_llm", "precision")
+            record[path.parent.name] = {k: data[k] for k in kept if k in data}
         return record
 
     def read_cams(self, image_id: str) -> CamFile:

@@ -1,7 +1,8 @@
 """export: the archive a user downloads, in every format of `export.formats` (ml.exports).
 
 export/<format>/      that format's layout of the final masks, plus what every archive holds:
-  selections.csv      image, class, chosen word, candidates and their CLIP scores
+  selections.csv      image, class, chosen word, candidates and their CLIP scores, and whether a
+                      person's override set the word (a derived run's; ml/spec/overrides.py)
                       (header only when the run had no prompt selection)
   failed_images.csv   images left out, with the reason
   metrics.json        final-mask scores, with the CAM scores under "cams"
@@ -29,7 +30,7 @@ from ml.spec.registry import EXPORT_FORMATS, final_masks_stage, load
 
 SELECTIONS_CSV = "selections.csv"
 FAILED_IMAGES_CSV = "failed_images.csv"
-SELECTION_COLUMNS = ("image", "class", "chosen", "candidates", "scores")
+SELECTION_COLUMNS = ("image", "class", "chosen", "candidates", "scores", "overridden")
 
 
 def write_selections(path: Path, selections: list[dict], exported: set[str]) -> int:
@@ -40,7 +41,9 @@ def write_selections(path: Path, selections: list[dict], exported: set[str]) -> 
         writer.writerow(SELECTION_COLUMNS)
         for entry in rows:
             scores = "|".join(f"{score:.4f}" for score in entry["scores"])
-            writer.writerow([entry["image"], entry["class"], entry["chosen"], "|".join(entry["candidates"]), scores])
+            overridden = "true" if entry.get("overridden") else "false"
+            candidates = "|".join(entry["candidates"])
+            writer.writerow([entry["image"], entry["class"], entry["chosen"], candidates, scores, overridden])
     return len(rows)
 
 

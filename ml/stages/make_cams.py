@@ -3,17 +3,19 @@
 Per image, relu(W^T Z) at every scale and its mirror image are upsampled, summed and divided by
 their max, at full resolution and at stride 4 (see ml.spec.layout), by ml.cams.multiscale_cams.
 Per scale, a batch of same-sized images and their flips go through the network together (on a CPU
-in cache-sized passes, see ml.cams.CPU_PASS_PIXELS); each image's maps are written as soon as they
-are made, so memory does not grow with the dataset.
+in cache-sized passes, see ml.cams.CPU_PASS_PIXELS), in channels-last layout and at the precision
+ml.cams.cam_precision picks for the device (stage.json's `precision` says which and why); each image's
+maps are written as soon as they are made, so memory does not grow with the dataset.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ml.cams import multiscale_cams
+from ml.cams import cam_precision, multiscale_cams
 from ml.device import pick_device, seed_everything
 from ml.health_checks import CamHealth
 from ml.models.cam_net import load_cam_net
@@ -49,7 +51,8 @@ def run(ctx: StageContext) -> None:
     device = pick_device(ctx.config.device)
     checkpoint = ctx.checkpoint(final_cam_stage(ctx.config))
     net, _ = load_cam_net(checkpoint, device)
-    fold_batchnorm(net)
+    fold_batchnorm(net).to(memory_format=torch.channels_last)
+    precision = cam_precision(ctx.config, device)
     records = ctx.usable_images()
     health = CamHealth(ctx.dataset.classes)
     with atomic_dir(ctx.stage_dir()) as out:
@@ -72,7 +75,7 @@ def run(ctx: StageContext) -> None:
                     [record.tags for record, _ in group],
                     config.scales,
                     config.flip,
-                    config.half_precision,
+                    precision,
                 )
                 for (record, _), (cam, cam_s4) in zip(group, maps, strict=True):
                     save_cams(
@@ -89,6 +92,7 @@ def run(ctx: StageContext) -> None:
             images=written,
             checkpoints={f"{checkpoint.parent.name}/{CHECKPOINT}": sha256_file(checkpoint)},
             device=str(device),
+            precision=precision.record(),
             cam_health=health.record(),
             warnings=health.warnings(),
         )

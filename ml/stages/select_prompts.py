@@ -9,7 +9,8 @@ overflows, and it reads BGR); encode M_k with CLIP, encode template.format(w) fo
 of class k, and keep the word with the highest cosine.
 
 Writes select_prompts/selections.jsonl (one object per (image, class): image, label, class,
-candidates, scores, chosen), candidates.json (per class: words, scores, source) and stage.json.
+candidates, scores, chosen), candidates.json (per class: words, scores, source) and stage.json (with
+`synonym_llm`: the language model asked, the classes it answered and why it did not for the others).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ml.cams import NORM_EPS, multiscale_cams
+from ml.cams import NORM_EPS, cam_precision, multiscale_cams
 from ml.device import pick_device, seed_everything
 from ml.health_checks import selection_warnings, warning
 from ml.loaders import to_tensor01
@@ -30,24 +31,34 @@ from ml.models.clip_encoder import FrozenClip, cosine, masked_for_clip
 from ml.runtime import StageContext, atomic_dir, sha256_file, write_json, write_stage_record
 from ml.spec.config import PipelineConfig
 from ml.spec.layout import CANDIDATES, CHECKPOINT, SELECTIONS
+from ml.synonym_llm import LlmSynonyms, ask_synonyms, open_to_llm, with_llm_words
 from ml.synonyms import Candidates, gather_candidates, rank_candidates
 from ml.training import autocast
 
 
-def class_candidates(clip: FrozenClip, ctx: StageContext) -> dict[str, Candidates]:
-    """Per class, S_k: the class name, then its m synonyms (job > dataset > built-in > WordNet) that are
-    closest to it by CLIP text similarity."""
+def class_candidates(clip: FrozenClip, ctx: StageContext) -> tuple[dict[str, Candidates], LlmSynonyms | None]:
+    """Per class, S_k: the class name, then its m synonyms (job > dataset > built-in > WordNet, with a language
+    model's added where one is set) that are closest to it by CLIP text similarity; and what the model gave."""
     section = ctx.config.select_prompts
 
     def similarity(name: str, words: list[str]) -> list[float]:
         prompts = clip.encode_text([section.template.format(w) for w in [name, *words]])  # (1 + n, D)
         return cosine(prompts[:1], prompts[1:])[0].tolist()
 
-    ranked = {}
-    for name in ctx.dataset.classes:
-        words, source = gather_candidates(name, section.synonyms, ctx.dataset.synonyms, section.use_wordnet)
-        ranked[name] = rank_candidates(name, words, similarity, section.num_synonyms, source)
-    return ranked
+    gathered = {
+        name: gather_candidates(name, section.synonyms, ctx.dataset.synonyms, section.use_wordnet)
+        for name in ctx.dataset.classes
+    }
+    llm = None
+    if section.llm_synonyms and ctx.synonym_llm is not None:
+        asked = [name for name, (words, source) in gathered.items() if open_to_llm(words, source)]
+        llm = ask_synonyms(ctx.synonym_llm, asked, section.num_synonyms)
+        gathered = {name: with_llm_words(name, *found, llm) for name, found in gathered.items()}
+    ranked = {
+        name: rank_candidates(name, words, similarity, section.num_synonyms, source)
+        for name, (words, source) in gathered.items()
+    }
+    return ranked, llm
 
 
 def selection_scales(config: PipelineConfig) -> tuple[tuple[float, ...], bool]:
@@ -61,7 +72,8 @@ def tag_cams(net: CamNet, rgb: np.ndarray, tags: list[int], config: PipelineConf
     """(H, W, 3) uint8 image -> (T, H, W) CAMs of its tags at full size, each divided by its max."""
     if config.select_prompts.cam == "multiscale":
         scales, flip = selection_scales(config)
-        ((cams, _),) = multiscale_cams(net, [rgb], [tags], scales, flip, config.make_cams.half_precision)
+        precision = cam_precision(config, next(net.parameters()).device)
+        ((cams, _),) = multiscale_cams(net, [rgb], [tags], scales, flip, precision)
         return cams
     device = next(net.parameters()).device
     x01 = to_tensor01(rgb).to(device)
@@ -118,7 +130,7 @@ def run(ctx: StageContext) -> None:
     cam_path = ctx.checkpoint("train_cam")
     net, _ = load_cam_net(cam_path, device)
     clip = FrozenClip(config.models.clip_model, config.models.clip_pretrained, device)
-    ranked = class_candidates(clip, ctx)
+    ranked, llm = class_candidates(clip, ctx)
     words = {name: ranked[name].words for name in classes}
     word_features = {name: clip.encode_text([section.template.format(w) for w in ws]) for name, ws in words.items()}
     scales, flip = selection_scales(config)
@@ -144,6 +156,8 @@ def run(ctx: StageContext) -> None:
         notes = selection_warnings(records)
         if clip.weights.source == "random":
             notes.append(warning("random_clip", "CLIP weights are random: the chosen words are arbitrary"))
+        if llm is not None and llm.errors:
+            notes.append(warning("synonym_llm_failed", llm.failure_message(), list(llm.errors)))
         write_stage_record(
             scratch,
             ctx,
@@ -152,4 +166,5 @@ def run(ctx: StageContext) -> None:
             cams={"scales": list(scales), "flip": flip},
             images=len({r["image"] for r in records}),
             warnings=notes,
+            synonym_llm=llm.record() if llm is not None else None,
         )

@@ -65,6 +65,7 @@ def cmd_run(args: argparse.Namespace, stage: str | None = None) -> int:
         if problem:
             raise ConfigError(problem)
         dataset = _load(args, resolve_dataset_path(args.dataset, args.out), config.skip_bad_images)
+        synonym_llm = _synonym_llm()
     except (ConfigError, DatasetError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -76,7 +77,13 @@ def cmd_run(args: argparse.Namespace, stage: str | None = None) -> int:
     try:
         with ProgressDisplay(config) as display:
             summary = run_pipeline(
-                dataset, args.out, config, on_progress=display.update, on_stage=display.stage_event, until=until
+                dataset,
+                args.out,
+                config,
+                on_progress=display.update,
+                on_stage=display.stage_event,
+                until=until,
+                synonym_llm=synonym_llm,
             )
     except (WeightsError, RunDirError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -119,6 +126,19 @@ def _config(args: argparse.Namespace):
     if args.skip_bad:
         cli["skip_bad_images"] = True
     return resolve_config(args.preset, overrides, cli)
+
+
+def _synonym_llm():
+    """The language model of POLE_SYNONYM_LLM_* (app/settings.py, as the service reads them), or None if unset."""
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    try:
+        return Settings().synonym_llm()
+    except ValidationError as err:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        raise ConfigError(f"bad POLE_* setting: {problems}") from None
 
 
 def _load(args: argparse.Namespace, path: Path, skip_bad: bool):

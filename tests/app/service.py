@@ -27,6 +27,7 @@ from app.db import upgrade
 from app.main import create_app
 from app.queue import create_celery
 from app.settings import Settings
+from pole.client import Client
 from tests.conftest import make_tiny_dataset
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -72,11 +73,12 @@ def free_port() -> int:
 
 
 class ApiServer:
-    """uvicorn serving the app in a thread of the test process, on a free port."""
+    """uvicorn serving the app in a thread of the test process, on a free port (`log_level` "info" logs
+    every request line to the `uvicorn.access` logger)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, log_level: str = "warning"):
         upgrade(settings.database_url)
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning")
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level=log_level)
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{config.port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -207,22 +209,34 @@ def take_queued_tasks(settings: Settings) -> list[tuple[str, dict]]:
 
 
 def upload(client: httpx.Client, zip_path: Path) -> httpx.Response:
-    with open(zip_path, "rb") as f:
-        return client.post("/v1/datasets", files={"file": (zip_path.name, f, "application/zip")})
+    """POST the zip; once accepted (202), the dataset's GET (200) when its validation has ended, else the refusal."""
+    response = Client.over(client).send_dataset(zip_path)
+    if response.status_code != 202:
+        return response
+    return wait_for_dataset(client, response.json()["id"])
+
+
+def wait_for_dataset(client: httpx.Client, dataset_id: str, timeout: float = 120) -> httpx.Response:
+    """GET the dataset until it is no longer `validating`; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/v1/datasets/{dataset_id}")
+        if response.status_code != 200 or response.json()["state"] != "validating":
+            return response
+        if time.monotonic() > deadline:
+            raise AssertionError(f"dataset {dataset_id} still validating after {timeout} s: {response.json()}")
+        time.sleep(0.05)
 
 
 def wait_for(client: httpx.Client, job_id: str, done, timeout: float = 300, what: str = "") -> dict:
     """Poll the job until `done(job)` holds; fails with the job's last state after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
+    for job in Client.over(client).follow_job(job_id, poll_seconds=0.2):
         if done(job):
             return job
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            raise AssertionError(f"the job ended before {what or 'the condition'} was seen: {job}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or 'the job'}; last seen: {job}")
-        time.sleep(0.2)
+    raise AssertionError(f"the job ended before {what or 'the condition'} was seen: {job}")
 
 
 def data_dir_listing(settings: Settings) -> set[str]:
@@ -255,6 +269,7 @@ def dataset_routes(dataset_id: str) -> list[tuple[str, str]]:
     return [
         ("GET", f"/v1/datasets/{dataset_id}"),
         ("GET", f"/v1/datasets/{dataset_id}/images"),
+        ("GET", f"/v1/datasets/{dataset_id}/synonyms"),
         ("DELETE", f"/v1/datasets/{dataset_id}"),
     ]
 

@@ -14,7 +14,7 @@ from sqlalchemy import delete, event, select
 from app.db import create_db_engine, make_sessionmaker
 from app.models import Dataset, Job
 from tests.app.conftest import new_key
-from tests.app.service import ApiServer
+from tests.app.service import ApiServer, wait_for_dataset
 
 ROUNDS = 12
 JOB = {"preset": "cpu-small"}
@@ -23,7 +23,8 @@ JOB = {"preset": "cpu-small"}
 def _upload(client: httpx.Client, dataset_zip) -> str:
     with open(dataset_zip, "rb") as f:
         response = client.post("/v1/datasets", files={"file": ("d.zip", f, "application/zip")})
-    assert response.status_code == 201, response.text
+    assert response.status_code == 202, response.text
+    assert wait_for_dataset(client, response.json()["id"]).json()["state"] == "ready"
     return response.json()["id"]
 
 

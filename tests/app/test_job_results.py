@@ -14,7 +14,7 @@ DROPPED = "img05"
 @pytest.fixture
 def dataset_id(alice, dataset_zip):
     response = upload(alice, dataset_zip)
-    assert response.status_code == 201, response.text
+    assert response.status_code == 200 and response.json()["state"] == "ready", response.text
     return response.json()["id"]
 
 

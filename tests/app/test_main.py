@@ -14,6 +14,7 @@ def test_api_serves_an_upload_and_a_job_without_importing_torch(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
+        import time
         from fastapi.testclient import TestClient
         from app.db import upgrade, make_sessionmaker, create_db_engine, session_scope
         from app.main import create_app
@@ -27,7 +28,9 @@ def test_api_serves_an_upload_and_a_job_without_importing_torch(tmp_path):
         with TestClient(create_app(settings), headers={{"Authorization": f"Bearer {{key}}"}}) as client:
             with open({str(zip_path)!r}, "rb") as f:
                 dataset = client.post("/v1/datasets", files={{"file": ("d.zip", f)}})
-            assert dataset.status_code == 201, dataset.text
+            assert dataset.status_code == 202, dataset.text
+            while client.get(f"/v1/datasets/{{dataset.json()['id']}}").json()["state"] == "validating":
+                time.sleep(0.05)
             job = client.post("/v1/jobs", json={{"dataset_id": dataset.json()["id"], "preset": "cpu-small"}})
             assert job.status_code == 201, job.text
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "open_clip"))

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.routes import datasets, health, jobs, predictions, results
+from app.routes import datasets, health, jobs, overrides, predictions, results
 from tests.app.conftest import new_key
 from tests.app.finished_job import add_segmenter, finish_job, run_queued_tasks, start_job
 from tests.app.service import ApiServer, make_dataset_zip, make_settings, small_dataset, upload
@@ -34,7 +34,7 @@ EXAMPLES_PER_OPERATION = 50
 CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
 OPERATIONS = sorted(
     (method, route.path)
-    for module in (health, datasets, jobs, results, predictions)
+    for module in (health, datasets, jobs, results, overrides, predictions)
     for route in module.router.routes
     for method in route.methods
 )
@@ -59,6 +59,8 @@ def live(tmp_path_factory):
             )
             assert client.post(f"/v1/jobs/{cancelled}/cancel").json()["state"] == "cancelled"
         finish_job(settings, finished, failed_image="img05")
+        for reused in ("train_cam", "select_prompts"):  # what a derived job reuses of its parent
+            (settings.jobs_dir / finished / reused).mkdir()
         start_job(settings, running)
         add_segmenter(settings, finished)
         # Named as the dataset's images, so that the image ids below name images of both; img05 is corrupt.
@@ -73,6 +75,8 @@ def live(tmp_path_factory):
             "job_id": [finished, cancelled, running],
             "prediction_id": [labelled, queued],
             "image_id": ["img00", "img05"],
+            "parent_job_id": [finished, running],  # derived jobs; overrides name the images as "image"
+            "image": ["img00", "img05"],
         }
         yield {"api": api, "key": key, "ids": ids}
 

@@ -40,6 +40,9 @@ def test_environment_variables_are_read_with_the_pole_prefix(tmp_path, monkeypat
         ({"broker_url": "amqp://mq"}, "POLE_BROKER_URL='amqp://mq' is not supported"),
         ({"heartbeat_seconds": 30, "stale_after_seconds": 20}, "must exceed POLE_HEARTBEAT_SECONDS"),
         ({"queue": "has space"}, "should match pattern"),
+        ({"synonym_llm_url": "ftp://llm/v1", "synonym_llm_model": "m"}, "POLE_SYNONYM_LLM_URL='ftp://llm/v1' is not"),
+        ({"synonym_llm_url": "http://me:sk-1@llm/v1", "synonym_llm_model": "m"}, "put the key in POLE_SYNONYM_LLM_KEY"),
+        ({"synonym_llm_url": "http://llm/v1"}, "POLE_SYNONYM_LLM_MODEL must name the model"),
     ],
 )
 def test_bad_settings_name_the_variable(tmp_path, values, phrase):

@@ -1,10 +1,13 @@
-"""POST /v1/datasets over real HTTP: a good upload is kept whole, every bad one leaves nothing behind."""
+"""POST /v1/datasets over real HTTP: 202 once on disk, then `validating` -> `ready` or `invalid` in the
+background; a refused upload leaves nothing but its problems; jobs wait for `ready`; a validation cut
+short by a restart is done again."""
 
 from __future__ import annotations
 
 import io
 import stat
 import struct
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -13,18 +16,38 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
+from app import ingest
 from app.db import create_db_engine
 from app.models import Dataset
 from app.models import Image as ImageRow
-from tests.app.service import data_dir_listing, make_dataset_zip, small_dataset, upload
+from app.upload_validation import UploadClaim
+from tests.app.conftest import new_key
+from tests.app.service import (
+    ApiServer,
+    data_dir_listing,
+    dataset_routes,
+    make_dataset_zip,
+    make_settings,
+    small_dataset,
+    upload,
+    wait_for_dataset,
+)
+
+MANY_IMAGES = 2000  # seconds of validation here: long enough to watch it move, to delete it or to stop it mid-way
 
 
-def test_upload_reports_the_dataset_and_keeps_it(alice, settings, dataset_zip):
-    response = upload(alice, dataset_zip)
-    assert response.status_code == 201, response.text
-    body = response.json()
+def test_upload_answers_202_then_the_dataset_becomes_ready(alice, settings, dataset_zip):
+    with open(dataset_zip, "rb") as f:
+        accepted = alice.post("/v1/datasets", files={"file": ("small.zip", f, "application/zip")})
+    assert accepted.status_code == 202, accepted.text
+    first = accepted.json()
+    assert first["state"] == "validating" and first["progress"] == 0.0 and first["problems"] is None
+    assert first["image_count"] == 0 and first["classes"] == [] and first["size_bytes"] == dataset_zip.stat().st_size
+
+    body = wait_for_dataset(alice, first["id"]).json()
     tags_csv = (dataset_zip.parent / "small" / "tags.csv").read_text().splitlines()[1:]
     tag_lists = [line.split(",")[1].split("|") for line in tags_csv]
+    assert body["state"] == "ready" and body["progress"] == 1.0 and body["problems"] is None
     assert body["image_count"] == len(tags_csv)
     assert body["classes"] == ["square", "circle", "triangle"]
     assert body["tag_counts"] == {c: sum(c in tags for tags in tag_lists) for c in body["classes"]}
@@ -32,11 +55,12 @@ def test_upload_reports_the_dataset_and_keeps_it(alice, settings, dataset_zip):
     assert body["layout"] == "manifest"
     folder = settings.data_dir / "datasets" / body["id"]
     assert sorted(p.name for p in (folder / "images").iterdir()) == sorted(line.split(",")[0] for line in tags_csv)
-    assert list(settings.uploads_dir.iterdir()) == []  # the request body and staging folder are gone
+    assert body["size_bytes"] == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert list(settings.uploads_dir.iterdir()) == []  # the zip and the extraction are gone
 
-    assert alice.get(f"/v1/datasets/{body['id']}").json() == body
     listed = alice.get("/v1/datasets").json()
-    assert [d["id"] for d in listed["items"]] == [body["id"]] and listed["next_cursor"] is None
+    assert listed["items"] == [body] and listed["next_cursor"] is None
+    assert alice.post("/v1/jobs", json={"dataset_id": body["id"], "preset": "cpu-small"}).status_code == 201
 
 
 def test_images_are_paginated_by_cursor(alice, dataset_zip):
@@ -124,40 +148,219 @@ def _bad_uploads(valid: list[tuple[str, bytes]]) -> dict[str, tuple[bytes, str]]
     }
 
 
-def test_bad_uploads_are_refused_and_leave_nothing_behind(alice, settings, tmp_path):
-    valid = _dataset_members(small_dataset(tmp_path / "valid"))
+# Refused from the zip's listing alone, before the answer; the others are found by the background checks.
+REFUSED_AT_ONCE = {"zip slip", "symlink", "too many members", "empty zip", "not a zip"}
+
+
+def _counts(settings) -> tuple[int, int]:
     engine = create_db_engine(settings.database_url)
-    before_files = data_dir_listing(settings)
     with engine.connect() as conn:
-        before_rows = (
-            conn.scalar(select(func.count()).select_from(Dataset)),
-            conn.scalar(select(func.count()).select_from(ImageRow)),
-        )
-    refusals = {}
-    for name, (content, phrase) in _bad_uploads(valid).items():
-        response = alice.post("/v1/datasets", files={"file": (f"{name}.zip", content, "application/zip")})
-        refusals[name] = (response.status_code, response.json()["detail"])
-        assert 400 <= response.status_code < 500, (name, response.text)
-        assert phrase in response.json()["detail"], (name, response.json())
-        assert data_dir_listing(settings) == before_files, name
-    with engine.connect() as conn:
-        after_rows = (
+        counts = (
             conn.scalar(select(func.count()).select_from(Dataset)),
             conn.scalar(select(func.count()).select_from(ImageRow)),
         )
     engine.dispose()
-    assert after_rows == before_rows
-    # Dataset problems come as a list a client can show next to the files.
-    assert refusals["wrong tags"][0] == 422
-    assert refusals["zip slip"][0] == 400
+    return counts
 
 
-def test_dataset_problems_are_listed_with_file_and_line(alice, tmp_path):
+def test_bad_uploads_are_refused_with_their_problems_and_leave_nothing_behind(alice, settings, tmp_path):
+    valid = _dataset_members(small_dataset(tmp_path / "valid"))
+    before_files = data_dir_listing(settings)
+    before_datasets, before_images = _counts(settings)
+    outcomes = {}
+    for name, (content, phrase) in _bad_uploads(valid).items():
+        response = alice.post("/v1/datasets", files={"file": (f"{name}.zip", content, "application/zip")})
+        if response.status_code == 202:
+            dataset = wait_for_dataset(alice, response.json()["id"]).json()
+            assert dataset["state"] == "invalid" and dataset["progress"] == 1.0, (name, dataset)
+            assert (dataset["image_count"], dataset["classes"], dataset["size_bytes"]) == (0, [], 0), name
+            outcomes[name] = ("invalid", " ".join(f"{p['file']}: {p['message']}" for p in dataset["problems"]))
+        else:
+            outcomes[name] = (response.status_code, response.json()["detail"])
+        assert phrase in outcomes[name][1], (name, outcomes[name])
+        assert data_dir_listing(settings) == before_files, name
+    refused_at_once = {name: status for name, (status, _) in outcomes.items() if status != "invalid"}
+    assert refused_at_once == dict.fromkeys(REFUSED_AT_ONCE, 400)
+    assert outcomes["bomb"][1].startswith("bomb.zip: archive refused")  # the zip itself is at fault
+    # Of an upload refused in the background only the dataset row with its problems is kept, no image row.
+    invalid = sum(status == "invalid" for status, _ in outcomes.values())
+    assert _counts(settings) == (before_datasets + invalid, before_images)
+
+
+def test_an_invalid_dataset_lists_every_problem_and_refuses_jobs(alice, bob, settings, tmp_path):
     root = small_dataset(tmp_path / "valid")
-    (root / "tags.csv").write_text((root / "tags.csv").read_text().replace("img02.png,triangle", "img02.png,dragon"))
-    response = upload(alice, make_dataset_zip(root, tmp_path / "bad.zip"))
-    assert response.status_code == 422
-    assert {k: response.json()["problems"][0][k] for k in ("file", "line")} == {"file": "tags.csv", "line": 4}
+    tags = (root / "tags.csv").read_text()
+    (root / "tags.csv").write_text(tags.replace("img02.png,triangle", "img02.png,dragon"))
+    (root / "images" / "img04.png").write_bytes(b"not an image")
+    dataset = upload(alice, make_dataset_zip(root, tmp_path / "bad.zip")).json()
+    assert dataset["state"] == "invalid"
+    lines = {(p["file"], p["line"]) for p in dataset["problems"]}
+    assert ("tags.csv", 4) in lines and ("images/img04.png", None) in lines, dataset["problems"]
+
+    job = alice.post("/v1/jobs", json={"dataset_id": dataset["id"], "preset": "cpu-small"})
+    assert job.status_code == 409
+    assert "is invalid" in job.json()["detail"] and f"GET /v1/datasets/{dataset['id']}" in job.json()["detail"]
+    images = alice.get(f"/v1/datasets/{dataset['id']}/images")
+    assert images.status_code == 409 and "is invalid" in images.json()["detail"]
+    for method, path in dataset_routes(dataset["id"]):  # another key's, whatever its state
+        assert bob.request(method, path).status_code == 404, (method, path)
+    assert bob.get("/v1/datasets").json()["items"] == []
+    assert alice.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+    assert _counts(settings) == (0, 0)
+
+
+def test_both_outcomes_are_recorded_on_each_database(backend, tmp_path, dataset_zip):
+    with ApiServer(backend) as api, api.client(new_key(backend, "alice")) as alice:
+        ready = upload(alice, dataset_zip).json()
+        assert ready["state"] == "ready" and ready["image_count"] == 6
+        images = alice.get(f"/v1/datasets/{ready['id']}/images", params={"limit": 10}).json()["items"]
+        assert [image["id"] for image in images] == [f"img{i:02d}" for i in range(6)]
+        root = small_dataset(tmp_path / "bad")
+        (root / "tags.csv").write_text((root / "tags.csv").read_text().replace("img02.png,triangle", "img02.png,x"))
+        invalid = upload(alice, make_dataset_zip(root, tmp_path / "bad.zip")).json()
+        assert invalid["state"] == "invalid" and invalid["problems"][0]["file"] == "tags.csv", invalid
+        assert alice.post("/v1/jobs", json={"dataset_id": invalid["id"], "preset": "cpu-small"}).status_code == 409
+    assert _counts(backend) == (2, 6)
+
+
+# --- large uploads: progress, cancelling, restarts ------------------------------------------------------
+
+
+@pytest.fixture
+def many_zip(tmp_path) -> Path:
+    """MANY_IMAGES small images in the manifest layout, zipped without compression (PNGs do not shrink)."""
+    pixels = io.BytesIO()
+    Image.new("RGB", (32, 32), (90, 140, 60)).save(pixels, "PNG")
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("classes.txt", "field\n")
+        archive.writestr("tags.csv", "image,tags\n" + "".join(f"im{i:05d}.png,field\n" for i in range(MANY_IMAGES)))
+        for index in range(MANY_IMAGES):
+            archive.writestr(f"images/im{index:05d}.png", pixels.getvalue())
+    return path
+
+
+def post_zip(client, zip_path: Path) -> str:
+    """POST the zip and check it was accepted for validation; returns the dataset's id."""
+    with open(zip_path, "rb") as f:
+        response = client.post("/v1/datasets", files={"file": (zip_path.name, f, "application/zip")})
+    assert response.status_code == 202, response.text
+    assert response.json()["state"] == "validating"
+    return response.json()["id"]
+
+
+def states(settings) -> dict[str, tuple[str, float]]:
+    engine = create_db_engine(settings.database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Dataset.id, Dataset.state, Dataset.progress))
+        found = {row.id: (row.state, row.progress) for row in rows}
+    engine.dispose()
+    return found
+
+
+@pytest.fixture
+def frequent_progress(monkeypatch):
+    """Progress written every 0.05 s, so that a validation of a second or two shows it moving here."""
+    monkeypatch.setattr(ingest, "PROGRESS_INTERVAL_S", 0.05)
+
+
+def settled_listing(settings) -> set[str]:
+    """data_dir_listing, taken again while a folder vanishes under it."""
+    while True:
+        try:
+            return data_dir_listing(settings)
+        except FileNotFoundError:
+            time.sleep(0.01)
+
+
+def test_progress_moves_while_a_large_upload_is_validated_and_jobs_wait(tmp_path, many_zip, frequent_progress):
+    settings = make_settings(tmp_path / "data")
+    with ApiServer(settings) as api, api.client(new_key(settings, "alice")) as alice:
+        started = time.monotonic()
+        dataset_id = post_zip(alice, many_zip)
+        answered_s = time.monotonic() - started
+        job = alice.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small"})
+        assert job.status_code == 409 and "still validating" in job.json()["detail"], job.text
+        assert alice.get(f"/v1/datasets/{dataset_id}/images").status_code == 409
+        seen = []
+        deadline = time.monotonic() + 120
+        while (dataset := alice.get(f"/v1/datasets/{dataset_id}").json())["state"] == "validating":
+            seen.append(dataset["progress"])
+            assert time.monotonic() < deadline, dataset
+            time.sleep(0.05)
+        validated_s = time.monotonic() - started
+        assert dataset["state"] == "ready" and dataset["image_count"] == MANY_IMAGES
+        assert seen == sorted(seen) and len({p for p in seen if 0 < p < 1}) >= 2, seen
+        assert answered_s < validated_s / 2  # the request did not wait for the checks
+        assert alice.post("/v1/jobs", json={"dataset_id": dataset_id, "preset": "cpu-small"}).status_code == 201
+        assert list(settings.uploads_dir.iterdir()) == []
+
+
+def test_deleting_a_dataset_being_validated_cancels_it_and_its_files_go(tmp_path, many_zip, frequent_progress):
+    settings = make_settings(tmp_path / "data")  # one validation thread: the second upload waits its turn
+    with ApiServer(settings) as api, api.client(new_key(settings, "alice")) as alice:
+        before = data_dir_listing(settings)
+        running, waiting = post_zip(alice, many_zip), post_zip(alice, many_zip)
+        deadline = time.monotonic() + 60
+        while alice.get(f"/v1/datasets/{running}").json()["progress"] == 0:
+            assert time.monotonic() < deadline, "the validation never reported progress"
+            time.sleep(0.05)
+        for dataset_id in (waiting, running):
+            assert alice.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+            assert alice.get(f"/v1/datasets/{dataset_id}").status_code == 404
+        while (left := settled_listing(settings)) != before:
+            assert time.monotonic() < deadline, sorted(left - before)[:5]
+            time.sleep(0.05)
+        assert alice.get("/v1/datasets").json()["items"] == []
+    assert _counts(settings) == (0, 0)
+
+
+def test_uploads_waiting_for_their_validation_longer_than_the_max_age_are_kept(tmp_path, many_zip):
+    # Sweeps every 0.1 s; the second upload waits seconds for the first one's validation.
+    settings = make_settings(tmp_path / "data", upload_max_age_seconds=0.4)
+    with ApiServer(settings) as api, api.client(new_key(settings, "alice")) as alice:
+        first, second = post_zip(alice, many_zip), post_zip(alice, many_zip)
+        for dataset_id in (first, second):
+            dataset = wait_for_dataset(alice, dataset_id).json()
+            assert dataset["state"] == "ready" and dataset["image_count"] == MANY_IMAGES, dataset["problems"]
+        assert list(settings.uploads_dir.iterdir()) == []
+
+
+def test_a_validation_cut_short_by_a_stop_is_done_again_at_the_next_start(tmp_path, many_zip):
+    settings = make_settings(tmp_path / "data")
+    with ApiServer(settings) as api, api.client(key := new_key(settings, "alice")) as alice:
+        kept, lost = post_zip(alice, many_zip), post_zip(alice, many_zip)
+    assert {state for state, _ in states(settings).values()} == {"validating"}  # stopped mid-way, zips kept
+    (settings.uploads_dir / f"{lost}.zip").unlink()  # as a sweep removes a zip nobody kept fresh
+
+    with ApiServer(settings) as api, api.client(key) as alice:
+        ready = wait_for_dataset(alice, kept).json()
+        assert ready["state"] == "ready" and ready["image_count"] == MANY_IMAGES
+        invalid = wait_for_dataset(alice, lost).json()
+        assert invalid["state"] == "invalid" and [p["message"] for p in invalid["problems"]] == [ingest.LOST]
+        assert list(settings.uploads_dir.iterdir()) == []
+
+
+def test_a_validation_another_live_process_holds_is_taken_over_only_once_it_dies(tmp_path, many_zip):
+    # Sweeps, each after a search for orphaned validations, every second; an upload untouched for 4 s is
+    # stale (room for a busy machine to delay the touches below).
+    settings = make_settings(tmp_path / "data", upload_max_age_seconds=4.0)
+    with ApiServer(settings) as api, api.client(key := new_key(settings, "alice")) as alice:
+        dataset_id = post_zip(alice, many_zip)
+    zip_path = settings.uploads_dir / f"{dataset_id}.zip"
+    other_process = UploadClaim.take(zip_path)  # the lock a live API process validating it holds
+    try:
+        zip_path.touch()
+        with ApiServer(settings) as api, api.client(key) as alice:
+            for _ in range(30):  # three searches, while that process's sweeps keep its zip fresh
+                zip_path.touch()
+                time.sleep(0.1)
+            assert states(settings)[dataset_id][0] == "validating" and zip_path.exists()
+            other_process.release()  # as when that process dies
+            ready = wait_for_dataset(alice, dataset_id, timeout=60).json()
+            assert ready["state"] == "ready" and ready["image_count"] == MANY_IMAGES, ready["problems"]
+    finally:
+        other_process.release()
 
 
 def test_oversized_upload_is_cut_off_with_413(alice, settings):

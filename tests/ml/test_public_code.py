@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml.cams import multiscale_cams
+from ml.cams import cam_precision, multiscale_cams
 from ml.data import load_dataset
 from ml.loaders import TrainImages, to_tensor01
 from ml.models.backbone import IMAGENET_MEAN
@@ -178,7 +178,8 @@ def test_multiscale_selection_masks_with_make_cams_maps(tiny_dataset, tmp_path):
     for preset in ("paper", "demo"):
         config = resolve_config(preset, {"select_prompts": {"cam": "multiscale"}})
         make = config.make_cams
-        ((expected, _),) = multiscale_cams(net, [rgb], [[1, 3]], make.scales, make.flip, make.half_precision)
+        precision = cam_precision(config, torch.device("cpu"))
+        ((expected, _),) = multiscale_cams(net, [rgb], [[1, 3]], make.scales, make.flip, precision)
         assert torch.equal(tag_cams(net, rgb, [1, 3], config), expected)
     single = tag_cams(net, rgb, [1, 3], resolve_config("paper", {"select_prompts": {"cam": "single"}}))
     assert single.shape == expected.shape and not torch.allclose(single, expected)

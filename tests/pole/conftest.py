@@ -1,11 +1,11 @@
-"""Fixtures for the client tests: the real API (embedded database and queue) and a PoleClient with its own key."""
+"""Fixtures for the client tests: the real API (embedded database and queue) and a Client with its own key."""
 
 from __future__ import annotations
 
 import pytest
 
 from ml.data.archive import zip_folder
-from pole.client import PoleClient
+from pole.client import Client
 from tests.app import conftest as service_fixtures
 from tests.app.conftest import new_key
 from tests.app.service import small_dataset
@@ -19,7 +19,7 @@ DATASET_IMAGES = 6
 
 @pytest.fixture
 def client(api, settings):
-    with PoleClient(api.url, new_key(settings, "carol")) as client:
+    with Client(api.url, new_key(settings, "carol")) as client:
         yield client
 
 

@@ -40,6 +40,7 @@ def test_the_dead_attempts_job_is_requeued_and_sent_again(settings, sessions, ma
     row = job_row(sessions, job_id)
     assert (row.state, row.lease, row.worker, row.attempts) == (JobState.queued, None, None, 1)
     assert row.message == "requeued after the worker process running it died (attempt 1 of 3)"
+    assert row.enqueued_at is not None  # the reaper's clock for sending it again, were the message lost
     [message] = queued_messages(settings)
     assert job_id in message and "pole.run_job" in message
     assert release_after_death(sessions, settings, celery, job_id, lease.token, DEATH) is None  # never twice

@@ -102,7 +102,7 @@ def test_embedded_service_runs_cancels_and_fails_jobs(tmp_path, dataset):
         worker = WorkerProcess(settings, tmp_path / "worker.log").start()
         try:
             uploaded = upload(alice, zip_path)
-            assert uploaded.status_code == 201, uploaded.text
+            assert uploaded.status_code == 200 and uploaded.json()["state"] == "ready", uploaded.text
             dataset_id = uploaded.json()["id"]
             # An image that went bad after the upload: the job drops and lists it, and goes on.
             (settings.datasets_dir / dataset_id / "images" / "img05.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pole.client import PoleApiError, PoleClient
+from pole.client import Client, PoleApiError
 from tests.app.conftest import new_key
 from tests.app.finished_job import finish_job
 from tests.app.service import (
@@ -62,7 +62,7 @@ def test_a_real_worker_labels_new_images_with_a_jobs_segmenter(tmp_path, new_ima
             assert "eval_seg" in job["metrics"] and job["links"]["model"] == f"/v1/jobs/{job_id}/model"
             model = alice.get(job["links"]["model"])
             assert model.status_code == 200 and len(model.content) > 1_000_000
-            with PoleClient(api.url, alice.headers["Authorization"].removeprefix("Bearer ")) as pole:
+            with Client(api.url, alice.headers["Authorization"].removeprefix("Bearer ")) as pole:
                 run = pole.create_prediction(job_id, new_images)
                 assert run["state"] == "queued" and run["image_count"] == 4
                 final = pole.wait_for_prediction(job_id, run["id"], poll_seconds=0.2)

@@ -1,5 +1,5 @@
 """The reaper: stale jobs and prediction runs requeued (with a real message on the embedded queue), failed
-past the cap."""
+past the cap; queued ones whose message vanished sent again, without piling up duplicates."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from app.db import session_scope
 from app.models import Job, JobState, PredictionRun, utcnow
+from app.queue import send_run_job
 from tests.worker.conftest import job_row, queued_messages
 from worker.reaper import reap
 
@@ -47,13 +48,43 @@ def test_a_starting_worker_recovers_only_what_its_previous_life_ran(settings, se
     assert job_row(sessions, claimed_since).state == JobState.running
 
 
-def test_a_requeued_job_nobody_took_is_sent_again(settings, sessions, make_job, celery):
-    job_id = make_job(state=JobState.queued, stale_by=settings.stale_after_seconds + 1)
-    never_run = make_job(state=JobState.queued)  # no heartbeat yet: its first message is in the queue
-    assert reap(sessions, settings, celery) == {job_id: "resent"}
-    assert reap(sessions, settings, celery) == {}  # not again until another stale period has passed
-    assert job_row(sessions, never_run).heartbeat_at is None
-    assert len(queued_messages(settings)) == 1
+def test_a_queued_job_or_prediction_run_whose_message_vanished_is_sent_again(settings, sessions, make_job, celery):
+    long_ago = utcnow() - timedelta(seconds=settings.requeue_after_seconds + 1)
+    lost = make_job(enqueued_at=long_ago)  # sent, and no message is in the queue
+    just_sent = make_job(enqueued_at=utcnow())  # its message may still be on its way
+    held = make_job()  # never sent: waits for a slot of its key, whose two are taken (app.dispatch)
+    with session_scope(sessions) as session:
+        owner_id = session.get(Job, lost).owner_id
+        run = PredictionRun(
+            owner_id=owner_id, job_id=lost, name="new.zip", images={"a": "a.png"}, image_count=1,
+            state=JobState.queued, created_at=long_ago,
+        )  # fmt: skip
+        session.add(run)
+        session.flush()
+        prediction_id = run.id
+
+    assert reap(sessions, settings, celery) == {lost: "resent", prediction_id: "resent"}
+    messages = queued_messages(settings)
+    assert len(messages) == 2
+    assert sum(lost in m for m in messages) == sum(prediction_id in m for m in messages) == 1
+    assert job_row(sessions, lost).enqueued_at > long_ago
+    assert job_row(sessions, just_sent).enqueued_at < job_row(sessions, lost).enqueued_at
+    assert job_row(sessions, held).enqueued_at is None
+    # Due again only a requeue period later, and only if the queue has lost a message meanwhile.
+    assert reap(sessions, settings, celery) == {}
+
+
+def test_no_duplicates_while_the_queue_holds_a_message_per_waiting_job(settings, sessions, make_job, celery):
+    long_ago = utcnow() - timedelta(seconds=settings.requeue_after_seconds + 1)
+    waiting = [make_job(enqueued_at=long_ago) for _ in range(2)]
+    for job_id in waiting:
+        send_run_job(celery, job_id)  # every worker busy: the messages wait their turn
+    assert reap(sessions, settings, celery) == {}
+    assert len(queued_messages(settings)) == 2
+    # A worker takes one and is killed before it claims the job: the file queue forgets the message.
+    sorted((settings.broker_dir / "queue").iterdir())[0].unlink()
+    assert reap(sessions, settings, celery) == {job_id: "resent" for job_id in waiting}
+    assert len(queued_messages(settings)) == 3  # a duplicate for the job whose message was there
 
 
 def test_a_stale_prediction_run_is_requeued_as_a_job_is(settings, sessions, make_job, celery):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,18 +50,29 @@ def check_files(
     return problems, tags
 
 
-def check_all(root: Path, listing: Listing, max_pixels: int) -> None:
+def check_all(
+    root: Path, listing: Listing, max_pixels: int, progress: Callable[[int, int], None] | None = None
+) -> None:
     """Check every entry's files, adding the problems and mask-derived tags to the entries.
 
     Runs on a few threads: decoding releases the GIL, and a dataset is thousands of images.
+    `progress(done, total)` is called as entries are checked; an exception it raises stops the
+    checks (the entries not yet started are dropped, not waited for).
     """
 
     def check(entry: Entry) -> tuple[list[Problem], tuple[int, ...] | None]:
         return check_files(root, entry, len(listing.classes), max_pixels, listing.palette)
 
     workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(check, listing.entries))
+    pool = ThreadPoolExecutor(max_workers=workers)
+    results = []
+    try:
+        for result in pool.map(check, listing.entries):
+            results.append(result)
+            if progress is not None:
+                progress(len(results), len(listing.entries))
+    finally:
+        pool.shutdown(cancel_futures=True)
     for entry, (problems, tags) in zip(listing.entries, results, strict=True):
         entry.problems.extend(problems)
         entry.tags = tags

@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from ml.data.archive import ArchiveError, ArchiveLimits, safe_extract
+from ml.data.archive import ArchiveError, ArchiveLimits, check_archive, safe_extract
 
 
 def make_zip(path, members, compression=zipfile.ZIP_DEFLATED):
@@ -226,3 +226,32 @@ def test_member_name_marked_utf8_but_not_refused(tmp_path):
         data[at + flags_at + 1] |= 0x08  # bit 11 of the little-endian flags: the name is UTF-8
     zip_path.write_bytes(bytes(data))
     assert_refused(tmp_path, zip_path, "marked as UTF-8")
+
+
+def test_check_archive_judges_the_listing_alone_and_extracts_nothing(tmp_path):
+    good = make_zip(tmp_path / "good.zip", [("ds/classes.txt", b"cat\n"), ("ds/images/a.jpg", b"jpg"), ("ds/", b"")])
+    assert check_archive(good) == 2
+    escaping = make_zip(tmp_path / "escaping.zip", [("classes.txt", b"cat\n"), ("../../x.txt", b"x")])
+    with pytest.raises(ArchiveError, match="'..'"):
+        check_archive(escaping)
+    with pytest.raises(ArchiveError, match="members"):
+        check_archive(good, ArchiveLimits(max_members=2))
+    (tmp_path / "text.zip").write_text("not a zip")
+    with pytest.raises(ArchiveError, match="not a zip"):
+        check_archive(tmp_path / "text.zip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["escaping.zip", "good.zip", "text.zip"]
+
+
+def test_progress_follows_the_extraction_and_an_exception_from_it_leaves_nothing(tmp_path):
+    zip_path = make_zip(tmp_path / "a.zip", [(f"images/{i}.jpg", b"jpg") for i in range(5)])
+    seen = []
+    safe_extract(zip_path, tmp_path / "out", progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 5) for i in range(1, 6)]
+
+    def stop_at_three(done, _total):
+        if done == 3:
+            raise InterruptedError("stopped")
+
+    with pytest.raises(InterruptedError):
+        safe_extract(zip_path, tmp_path / "again", progress=stop_at_three)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "out"]

@@ -124,3 +124,16 @@ def test_read_dataset_needs_a_folder(tmp_path):
         load_dataset(zip_path)
     with pytest.raises(FileNotFoundError):
         load_dataset(tmp_path / "nope")
+
+
+def test_progress_follows_the_images_checked_and_an_exception_from_it_stops_the_checks(tmp_path):
+    root = good_manifest(tmp_path / "ds")
+    seen = []
+    read_dataset(root, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+    def stop(_done, _total):
+        raise InterruptedError("stopped")
+
+    with pytest.raises(InterruptedError):
+        read_dataset(root, progress=stop)

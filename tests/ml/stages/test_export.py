@@ -73,7 +73,7 @@ def test_export_writes_the_cvat_segmentation_mask_layout(tmp_path):
     assert entries == ["background", *CLASSES, IGNORE_NAME]
     with open(masks / "selections.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows == [list(export.SELECTION_COLUMNS), ["a1", "cat", "cat", "cat|kitty", "0.3100|0.2875"]]
+    assert rows == [list(export.SELECTION_COLUMNS), ["a1", "cat", "cat", "cat|kitty", "0.3100|0.2875", "false"]]
     with open(masks / "failed_images.csv", newline="") as f:
         assert list(csv.reader(f))[1:] == [["broken", "make_cams: cannot read broken.jpg: damaged"]]
     metrics = json.loads((masks / "metrics.json").read_text())

@@ -1,0 +1,1 @@
+"""The dashboard served by the API at /dashboard (see app.dashboard.site)."""
