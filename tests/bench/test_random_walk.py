@@ -44,7 +44,18 @@ def test_flushing_after_the_threads_started_misses_theirs():
 
 def test_a_smoke_run_reports_every_figure():
     result = subprocess.run(
-        [sys.executable, str(BENCH), "--height", "40", "--width", "48", "--exp-times", "3", "--unflushed", "--squarings"],
+        [
+            sys.executable,
+            str(BENCH),
+            "--height",
+            "40",
+            "--width",
+            "48",
+            "--exp-times",
+            "3",
+            "--unflushed",
+            "--squarings",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
