@@ -79,4 +79,3 @@ def _share_the_machine(**_kwargs) -> None:
     # thread of a job that would pay it under its lease (the reaper then takes the job away): the pool
     # process pays it here, before its first job, after the thread count above is in its environment.
     import ml.pipeline  # noqa: F401
-    import ml.preflight  # noqa: F401  (torch, torchvision and open_clip: the run's first imports)
