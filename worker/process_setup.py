@@ -61,7 +61,7 @@ def _check_settings(**_kwargs) -> None:
 @signals.worker_process_init.connect
 def _share_the_machine(**_kwargs) -> None:
     """In the pool process, before any job: the threads it makes from here on (torch's, the heartbeat)
-    inherit its niceness, and torch reads OMP_NUM_THREADS as it is imported here."""
+    inherit its niceness, and torch reads OMP_NUM_THREADS when a job first imports it."""
     settings = WorkerProcessSettings()
     cores = len(os.sched_getaffinity(0))
     threads = torch_threads(settings, os.environ, cores)
@@ -75,7 +75,3 @@ def _share_the_machine(**_kwargs) -> None:
         threads or "all",
         cores,
     )
-    # Loading torch holds the interpreter lock for seconds on a busy machine, starving the heartbeat
-    # thread of a job that would pay it under its lease (the reaper then takes the job away): the pool
-    # process pays it here, before its first job, after the thread count above is in its environment.
-    import ml.pipeline  # noqa: F401
