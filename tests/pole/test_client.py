@@ -169,7 +169,8 @@ def test_a_job_runs_to_its_archives_selections_and_a_derived_job(api, settings, 
             final = client.wait_for_job(job["id"], progress=seen.append, poll_seconds=0.2)
             assert final["state"] == "succeeded", worker.log()
             assert seen[-1] == final and [j["progress"] for j in seen] == sorted(j["progress"] for j in seen)
-            assert "running" in {j["state"] for j in seen} and {j["stage"] for j in seen} >= {"train_cam", "export"}
+            # A 0.2 s poll can miss a short stage (export); train_cam lasts long enough to be seen on any machine.
+            assert "running" in {j["state"] for j in seen} and "train_cam" in {j["stage"] for j in seen}
 
             received = []
             archive = client.download_archive(
